@@ -1,0 +1,5 @@
+"""``python -m gateway`` is ``llm-gateway``."""
+
+from gateway.cli import main
+
+main()

@@ -1,0 +1,413 @@
+"""Configuration: loaded once, validated fully, frozen.
+
+Sources, later ones winning: embedded defaults, a YAML file, then ``LLM_GATEWAY_*`` environment
+variables. An environment variable names a setting by its path with ``__`` between levels
+(``LLM_GATEWAY_SERVER__PORT=9000``); server settings may drop the ``SERVER__`` part
+(``LLM_GATEWAY_PORT``). Values are read as YAML, so lists and mappings work too
+(``LLM_GATEWAY_SERVER__CORS_ORIGINS='[https://app.example]'``).
+
+Every invalid value raises :class:`ConfigError` with a message naming the key and its source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "LLM_GATEWAY_"
+MOCK_BASE_URL = "mock://"
+WILDCARD_MODEL = "*"
+DEFAULT_DEMO_MODEL = "demo"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-deployment upstream timeouts, in seconds. There is deliberately no total timeout."""
+
+    connect: float = 10.0
+    first_byte: float = 120.0
+    idle: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One upstream endpoint speaking the OpenAI dialect."""
+
+    name: str
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    models: tuple[str, ...] = ()
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = 256
+    weight: float = 1.0
+
+    @property
+    def in_process(self) -> bool:
+        """True for the built-in mock provider, which needs no network."""
+        return self.base_url == MOCK_BASE_URL
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """A client-facing model name and the deployments that serve it."""
+
+    name: str
+    deployments: tuple[str, ...]
+    upstream_model: str | None = None
+
+    def upstream_name(self, requested: str) -> str:
+        """The model name sent upstream for a request that asked for ``requested``."""
+        return self.upstream_model or requested
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """How a worker listens and treats client connections."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    backlog: int = 2048
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_upstream_body_bytes: int = 32 * 1024 * 1024
+    keepalive_interval: float = 30.0
+    header_timeout: float = 15.0
+    body_timeout: float = 30.0
+    write_stall_timeout: float = 30.0
+    drain_grace: float = 30.0
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration of one gateway instance."""
+
+    server: ServerSettings
+    deployments: Mapping[str, Deployment]
+    models: Mapping[str, ModelRoute]
+    source: str = "embedded defaults"
+
+    @property
+    def embedded_demo(self) -> bool:
+        """True when running on the built-in defaults (the in-process demo model only)."""
+        return all(d.in_process for d in self.deployments.values())
+
+    def listed_models(self) -> list[str]:
+        """Client-facing model names for ``GET /v1/models`` (the wildcard route is not a name)."""
+        return [name for name in self.models if name != WILDCARD_MODEL]
+
+    def route_for(self, model: str) -> ModelRoute | None:
+        """The route serving ``model``: its own, else the wildcard route, else None."""
+        return self.models.get(model) or self.models.get(WILDCARD_MODEL)
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+_SERVER_KEYS = {f.name for f in dataclasses.fields(ServerSettings)}
+_TOP_LEVEL_KEYS = {"server", "deployments", "models"}
+_DEPLOYMENT_KEYS = {"base_url", "api_key", "models", "timeouts", "max_connections", "weight"}
+_ROUTE_KEYS = {"deployments", "upstream_model"}
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the frozen Config from defaults, an optional YAML file, the environment and overrides.
+
+    ``overrides`` are command-line values (already typed), applied last, under the same paths.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = "embedded defaults"
+    if path is not None:
+        source = str(path)
+        raw = _read_yaml(Path(path))
+    env_layer = _environment_layer(environ)
+    _merge(raw, env_layer)
+    if overrides:
+        _merge(raw, dict(overrides))
+    if env_layer and path is None:
+        source = "environment"
+    return _build(raw, source, environ)
+
+
+def passthrough_overrides(upstream_url: str, key_env: str | None) -> dict[str, Any]:
+    """Overrides putting one OpenAI-compatible upstream behind the gateway, any model passed on."""
+    deployment: dict[str, Any] = {"base_url": upstream_url}
+    if key_env:
+        deployment["api_key"] = f"env:{key_env}"
+    return {
+        "deployments": {"upstream": deployment},
+        "models": {WILDCARD_MODEL: {"deployments": ["upstream"]}},
+    }
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return loaded
+
+
+def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or not text:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if parts[0] not in _TOP_LEVEL_KEYS:
+            if parts[0] not in _SERVER_KEYS:
+                continue  # other LLM_GATEWAY_* variables (secrets, test knobs) are not settings
+            parts.insert(0, "server")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment {name}: not a valid value: {exc}") from exc
+        node = layer
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return layer
+
+
+def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _build(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
+    _reject_unknown(raw, _TOP_LEVEL_KEYS, "", source)
+    server = _build_server(_mapping(raw.get("server", {}), "server", source), source)
+    deployments_raw = _mapping(raw.get("deployments", {}), "deployments", source)
+    if not deployments_raw:
+        deployments_raw = {DEFAULT_DEMO_MODEL: {"base_url": MOCK_BASE_URL, "models": ["demo"]}}
+    deployments = {
+        name: _build_deployment(str(name), spec, source, environ)
+        for name, spec in deployments_raw.items()
+    }
+    models = _build_models(_mapping(raw.get("models", {}), "models", source), deployments, source)
+    return Config(server=server, deployments=deployments, models=models, source=source)
+
+
+def _build_server(raw: Mapping[str, Any], source: str) -> ServerSettings:
+    _reject_unknown(raw, _SERVER_KEYS, "server.", source)
+    defaults = ServerSettings()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ServerSettings):
+        if f.name not in raw:
+            continue
+        key = f"server.{f.name}"
+        default = getattr(defaults, f.name)
+        value = raw[f.name]
+        if isinstance(default, bool):
+            values[f.name] = _boolean(value, key, source)
+        elif isinstance(default, int):
+            low = 0 if f.name == "port" else 1
+            values[f.name] = _integer(value, key, source, minimum=low)
+        elif isinstance(default, float):
+            values[f.name] = _positive(value, key, source)
+        elif isinstance(default, tuple):
+            values[f.name] = _strings(value, key, source)
+        else:
+            values[f.name] = _string(value, key, source)
+    if values.get("port", 0) > 65535:
+        raise ConfigError(f"{source}: server.port: must be at most 65535, got {values['port']}")
+    level = values.get("log_level", defaults.log_level).lower()
+    if level not in {"debug", "info", "warning", "error"}:
+        raise ConfigError(
+            f"{source}: server.log_level: must be debug, info, warning or error, got {level!r}"
+        )
+    values["log_level"] = level
+    return ServerSettings(**values)
+
+
+def _build_deployment(name: str, raw: Any, source: str, environ: Mapping[str, str]) -> Deployment:
+    prefix = f"deployments.{name}"
+    spec = _mapping(raw, prefix, source)
+    _reject_unknown(spec, _DEPLOYMENT_KEYS, f"{prefix}.", source)
+    if "base_url" not in spec:
+        raise ConfigError(f"{source}: {prefix}.base_url: required")
+    base_url = _string(spec["base_url"], f"{prefix}.base_url", source).rstrip("/")
+    if base_url != MOCK_BASE_URL.rstrip("/") and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{source}: {prefix}.base_url: must start with http:// or https:// "
+            f"(or be {MOCK_BASE_URL}), got {base_url!r}"
+        )
+    if base_url == MOCK_BASE_URL.rstrip("/"):
+        base_url = MOCK_BASE_URL
+    timeouts_raw = _mapping(spec.get("timeouts", {}), f"{prefix}.timeouts", source)
+    _reject_unknown(timeouts_raw, {"connect", "first_byte", "idle"}, f"{prefix}.timeouts.", source)
+    timeouts = Timeouts(
+        **{
+            key: _positive(value, f"{prefix}.timeouts.{key}", source)
+            for key, value in timeouts_raw.items()
+        }
+    )
+    api_key = None
+    if spec.get("api_key") is not None:
+        api_key = _secret(spec["api_key"], f"{prefix}.api_key", source, environ)
+    return Deployment(
+        name=name,
+        base_url=base_url,
+        api_key=api_key,
+        models=_strings(spec.get("models", []), f"{prefix}.models", source),
+        timeouts=timeouts,
+        max_connections=_integer(
+            spec.get("max_connections", 256), f"{prefix}.max_connections", source, minimum=1
+        ),
+        weight=_positive(spec.get("weight", 1.0), f"{prefix}.weight", source),
+    )
+
+
+def _build_models(
+    raw: Mapping[str, Any], deployments: Mapping[str, Deployment], source: str
+) -> dict[str, ModelRoute]:
+    models: dict[str, ModelRoute] = {}
+    for deployment in deployments.values():
+        for model in deployment.models:
+            existing = models.get(model)
+            names = (existing.deployments if existing else ()) + (deployment.name,)
+            models[model] = ModelRoute(name=model, deployments=names)
+    for name, spec_raw in raw.items():
+        prefix = f"models.{name}"
+        spec = _mapping(spec_raw, prefix, source)
+        _reject_unknown(spec, _ROUTE_KEYS, f"{prefix}.", source)
+        targets = _strings(spec.get("deployments", []), f"{prefix}.deployments", source)
+        if not targets:
+            raise ConfigError(f"{source}: {prefix}.deployments: name at least one deployment")
+        for target in targets:
+            if target not in deployments:
+                known = ", ".join(sorted(deployments)) or "none"
+                raise ConfigError(
+                    f"{source}: {prefix}.deployments: unknown deployment {target!r} "
+                    f"(known: {known})"
+                )
+        upstream = spec.get("upstream_model")
+        models[str(name)] = ModelRoute(
+            name=str(name),
+            deployments=targets,
+            upstream_model=None
+            if upstream is None
+            else _string(upstream, f"{prefix}.upstream_model", source),
+        )
+    return models
+
+
+# -- value checks ---------------------------------------------------------------------------------
+
+
+def _reject_unknown(raw: Mapping[str, Any], known: set[str], prefix: str, source: str) -> None:
+    for key in raw:
+        if key not in known:
+            hint = ", ".join(sorted(known))
+            raise ConfigError(f"{source}: {prefix}{key}: unknown setting (expected one of: {hint})")
+
+
+def _mapping(value: Any, key: str, source: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: {key}: expected a mapping, got {_shown(value)}")
+    return value
+
+
+def _check(
+    predicate: Callable[[Any], bool], value: Any, key: str, source: str, expected: str
+) -> None:
+    if not predicate(value):
+        raise ConfigError(f"{source}: {key}: expected {expected}, got {_shown(value)}")
+
+
+def _integer(value: Any, key: str, source: str, *, minimum: int) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    _check(
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+        value,
+        key,
+        source,
+        f"a whole number of at least {minimum}",
+    )
+    return int(value)
+
+
+def _positive(value: Any, key: str, source: str) -> float:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    _check(
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
+        value,
+        key,
+        source,
+        "a positive number",
+    )
+    return float(value)
+
+
+def _boolean(value: Any, key: str, source: str) -> bool:
+    _check(lambda v: isinstance(v, bool), value, key, source, "true or false")
+    return bool(value)
+
+
+def _string(value: Any, key: str, source: str) -> str:
+    _check(lambda v: isinstance(v, str) and v != "", value, key, source, "a non-empty string")
+    return str(value)
+
+
+def _strings(value: Any, key: str, source: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    _check(
+        lambda v: isinstance(v, list) and all(isinstance(i, str) and i for i in v),
+        value,
+        key,
+        source,
+        "a list of strings",
+    )
+    return tuple(value)
+
+
+def _secret(value: Any, key: str, source: str, environ: Mapping[str, str]) -> str:
+    """A literal secret, or ``env:VAR`` read from the environment at start-up."""
+    text = _string(value, key, source)
+    if not text.startswith("env:"):
+        return text
+    variable = text[4:]
+    resolved = environ.get(variable)
+    if not resolved:
+        raise ConfigError(f"{source}: {key}: environment variable {variable} is not set")
+    return resolved
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: its type, never its content (it may be a secret)."""
+    if isinstance(value, bool | int | float):
+        return repr(value)
+    return type(value).__name__ if not isinstance(value, str) else "a string"

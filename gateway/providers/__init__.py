@@ -1,0 +1,1 @@
+"""Upstream providers that are not reached over HTTP."""

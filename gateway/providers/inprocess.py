@@ -1,0 +1,122 @@
+"""The built-in mock served in-process: the embedded ``demo`` model, with no socket at all.
+
+It runs the same generator code as ``llm-gateway mock-upstream``, so the demo streams exactly what
+the mock server would, and the relay reads it through the same ``UpstreamResponse`` interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import orjson
+
+from gateway import mock
+from gateway.errors import (
+    InvalidRequest,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamUnreachable,
+)
+
+# Paced so that a newcomer's `curl -N` visibly streams.
+DEMO_BEHAVIOUR = mock.MockBehaviour(chunks=24, delay=0.03)
+
+
+class InProcessResponse:
+    """A response produced by the mock's generators instead of a socket."""
+
+    __slots__ = ("_body", "_chunks", "_release", "content_type", "status")
+
+    def __init__(
+        self,
+        release: Callable[[], None],
+        *,
+        chunks: AsyncIterator[bytes] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.status = 200
+        self.content_type = "text/event-stream" if chunks is not None else "application/json"
+        self._chunks = chunks
+        self._body = body
+        self._release: Callable[[], None] | None = release
+
+    async def read_chunk(self) -> bytes:
+        if self._chunks is None:
+            body, self._body = self._body, b""
+            return body
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            return b""
+        except mock.MockDisconnect as exc:
+            raise UpstreamProtocolError(
+                "The upstream closed the connection in the middle of the response."
+            ) from exc
+
+    async def read_body(self, limit: int) -> bytes:
+        return self._body
+
+    def close(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+
+class InProcessProvider:
+    """Answers requests for in-process deployments from the mock's content generators."""
+
+    def __init__(self, defaults: mock.MockBehaviour = DEMO_BEHAVIOUR) -> None:
+        self._defaults = defaults
+
+    async def send(
+        self,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        release: Callable[[], None],
+    ) -> InProcessResponse:
+        """Open a response as the mock server would, raising what a failing upstream raises."""
+        try:
+            request = orjson.loads(body)
+            behaviour = mock.behaviour_for(self._defaults, request, headers)
+        except ValueError as exc:
+            release()
+            raise InvalidRequest(str(exc), param="mock") from None
+        try:
+            if behaviour.first_byte_delay:
+                await asyncio.sleep(behaviour.first_byte_delay)
+            if behaviour.fail_before_first_byte:
+                raise UpstreamUnreachable("The upstream closed the connection before answering.")
+            if behaviour.fail_status is not None:
+                error = {
+                    "error": {
+                        "message": f"mock failure {behaviour.fail_status}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+                retry_after = (
+                    None if behaviour.retry_after is None else f"{behaviour.retry_after:g}"
+                )
+                raise UpstreamStatusError(
+                    behaviour.fail_status, orjson.dumps(error), retry_after=retry_after
+                )
+        except BaseException:
+            release()
+            raise
+        stream = bool(request.get("stream"))
+        if path == "/chat/completions":
+            if stream:
+                return InProcessResponse(release, chunks=mock.chat_stream(request, behaviour))
+            return InProcessResponse(
+                release, body=orjson.dumps(mock.chat_completion(request, behaviour))
+            )
+        if path == "/completions":
+            if stream:
+                return InProcessResponse(release, chunks=mock.completion_stream(request, behaviour))
+            return InProcessResponse(
+                release, body=orjson.dumps(mock.text_completion(request, behaviour))
+            )
+        return InProcessResponse(release, body=orjson.dumps(mock.embeddings(request)))

@@ -1,0 +1,315 @@
+"""The chunk relay: upstream SSE read in 512-byte chunks, each event sent on as soon as it is whole.
+
+The response headers wait for the first upstream event, so a failure before it is still a real HTTP
+status. If the first event takes longer than the keep-alive interval, the headers go out with a
+keep-alive comment and the wait goes on. After the headers, any failure (upstream error, timeout,
+malformed stream, shutdown) ends the stream with one ``data: {"error": ...}`` event, no ``[DONE]``.
+
+The relay never re-encodes JSON: events are re-framed (LF line ends, ``data: `` prefixes) as bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import weakref
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.config import Deployment, ServerSettings
+from gateway.errors import (
+    GatewayError,
+    ServiceUnavailable,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from gateway.sse import DONE, EventTooLarge, SSEEvent, SSEParser, encode_comment, encode_event
+from gateway.upstream import UpstreamResponse
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+KEEPALIVE_COMMENT = encode_comment(b"keep-alive")
+DONE_EVENT = b"data: [DONE]\n\n"
+# Below this many bytes queued in the transport a write cannot block, so it needs no timer.
+STALL_CHECK_BYTES = 32 * 1024
+
+
+class Termination(enum.Enum):
+    """Why a stream ended."""
+
+    COMPLETED = "completed"
+    CLIENT_DISCONNECT = "client_disconnect"
+    UPSTREAM_ERROR = "upstream_error"
+    TIMEOUT = "timeout"
+    WRITE_STALL = "write_stall"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    """What happened to one relayed stream; filled in as it goes, so it is right even on cancel."""
+
+    termination: Termination = Termination.COMPLETED
+    events: int = 0
+    first_event_at: float | None = None
+    error: GatewayError | None = None
+
+
+class StreamHandle:
+    """A live stream as the worker sees it, so a shutdown can end it."""
+
+    __slots__ = ("__weakref__", "aborting", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.aborting = False
+
+    def abort(self) -> None:
+        """Interrupt the stream; it ends itself with an error event."""
+        self.aborting = True
+        self.task.cancel()
+
+
+class LiveStreams:
+    """The streams a worker is relaying. Shutdown gives them a grace period, then ends them."""
+
+    def __init__(self) -> None:
+        self._handles: weakref.WeakSet[StreamHandle] = weakref.WeakSet()
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def add(self, handle: StreamHandle) -> None:
+        """Track a stream that has started."""
+        self._handles.add(handle)
+
+    def discard(self, handle: StreamHandle) -> None:
+        """Forget a stream that has ended."""
+        self._handles.discard(handle)
+        self._changed.set()
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for the live streams to end, then end the rest.
+
+        Returns how many streams had to be ended.
+        """
+        loop = asyncio.get_running_loop()
+        await self._wait_until_empty(loop.time() + grace)
+        remaining = list(self._handles)
+        for handle in remaining:
+            handle.abort()
+        # Give the ended streams a moment to write their final event.
+        await self._wait_until_empty(loop.time() + 2.0)
+        return len(remaining)
+
+    async def _wait_until_empty(self, deadline: float) -> None:
+        while self._handles:
+            self._changed.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._changed.wait()
+            except TimeoutError:
+                return
+
+
+class _ClientGone(Exception):
+    """The client can no longer be written to."""
+
+
+async def relay_stream(
+    request: web.Request,
+    upstream: UpstreamResponse,
+    *,
+    deployment: Deployment,
+    settings: ServerSettings,
+    live: LiveStreams,
+    started: float,
+    outcome: StreamOutcome,
+) -> web.StreamResponse:
+    """Relay an upstream SSE stream to the client and return the (finished) response.
+
+    Raises a GatewayError only while no header has been sent; ``outcome`` says how it ended.
+    """
+    relay = _Relay(request, upstream, deployment, settings, started, outcome)
+    task = asyncio.current_task()
+    assert task is not None
+    handle = StreamHandle(task)
+    live.add(handle)
+    try:
+        return await relay.run(handle)
+    finally:
+        upstream.close()
+        live.discard(handle)
+
+
+class _Relay:
+    __slots__ = (
+        "deployment",
+        "last_write",
+        "loop",
+        "outcome",
+        "parser",
+        "request",
+        "response",
+        "settings",
+        "started",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        request: web.Request,
+        upstream: UpstreamResponse,
+        deployment: Deployment,
+        settings: ServerSettings,
+        started: float,
+        outcome: StreamOutcome,
+    ) -> None:
+        self.request = request
+        self.upstream = upstream
+        self.deployment = deployment
+        self.settings = settings
+        self.started = started
+        self.outcome = outcome
+        self.parser = SSEParser()
+        self.loop = asyncio.get_running_loop()
+        self.response: web.StreamResponse | None = None
+        self.last_write = self.loop.time()
+
+    async def run(self, handle: StreamHandle) -> web.StreamResponse:
+        try:
+            await self._pump()
+        except _ClientGone:
+            pass
+        except GatewayError as exc:
+            if self.response is None:
+                raise
+            await self._end_with_error(exc)
+        except asyncio.CancelledError:
+            if not handle.aborting:
+                self.outcome.termination = Termination.CLIENT_DISCONNECT
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            error = ServiceUnavailable(
+                "The gateway is shutting down; the stream was ended before it finished.",
+                code="shutting_down",
+            )
+            self.outcome.termination = Termination.SHUTDOWN
+            if self.response is None:
+                raise error from None
+            await self._end_with_error(error, keep_termination=True)
+        except ConnectionError:
+            self.outcome.termination = Termination.CLIENT_DISCONNECT
+        assert self.response is not None
+        return self.response
+
+    async def _pump(self) -> None:
+        """Read, reassemble and forward until [DONE] or a failure."""
+        timeouts = self.deployment.timeouts
+        keepalive = self.settings.keepalive_interval
+        first_deadline = self.started + timeouts.first_byte
+        last_event = self.loop.time()
+        while True:
+            limit_at = first_deadline if self.outcome.events == 0 else last_event + timeouts.idle
+            wake_at = min(limit_at, self.last_write + keepalive)
+            try:
+                async with asyncio.timeout_at(wake_at):
+                    chunk = await self.upstream.read_chunk()
+            except TimeoutError:
+                if self.loop.time() >= limit_at:
+                    raise self._timeout_error() from None
+                await self._write(KEEPALIVE_COMMENT)
+                continue
+            if not chunk:
+                raise UpstreamProtocolError("The upstream ended the stream before [DONE].")
+            try:
+                events = self.parser.feed(chunk)
+            except EventTooLarge as exc:
+                raise UpstreamProtocolError(
+                    f"The upstream sent an oversized event: {exc}"
+                ) from None
+            if not events:
+                continue
+            last_event = self.loop.time()
+            if self.outcome.first_event_at is None:
+                self.outcome.first_event_at = last_event
+            payload, finished = self._frame(events)
+            await self._write(payload)
+            if finished:
+                return
+
+    def _frame(self, events: list[SSEEvent]) -> tuple[bytes, bool]:
+        """Re-frame whole events as canonical SSE bytes; True once the stream is over."""
+        parts: list[bytes] = []
+        for event in events:
+            data = event.data
+            if data == DONE:
+                parts.append(DONE_EVENT)
+                return b"".join(parts), True
+            self.outcome.events += 1
+            if event.event is None and event.id is None and b"\n" not in data:
+                parts.append(b"data: " + data + b"\n\n")
+            else:
+                parts.append(encode_event(data, event=event.event, id=event.id))
+            if data.startswith(b'{"error"'):
+                # The upstream reported its own failure: forward it as the final event.
+                self.outcome.termination = Termination.UPSTREAM_ERROR
+                return b"".join(parts), True
+        return b"".join(parts), False
+
+    def _timeout_error(self) -> UpstreamTimeout:
+        timeouts = self.deployment.timeouts
+        if self.outcome.events == 0:
+            return UpstreamTimeout(
+                f"Deployment {self.deployment.name!r} sent no event within "
+                f"{timeouts.first_byte:g} s."
+            )
+        return UpstreamTimeout(
+            f"Deployment {self.deployment.name!r} sent nothing for {timeouts.idle:g} s."
+        )
+
+    async def _prepare(self) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        await response.prepare(self.request)
+        self.response = response
+        return response
+
+    async def _write(self, data: bytes) -> None:
+        response = self.response or await self._prepare()
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            self.outcome.termination = Termination.CLIENT_DISCONNECT
+            raise _ClientGone
+        if transport.get_write_buffer_size() < STALL_CHECK_BYTES:
+            await response.write(data)
+        else:
+            try:
+                async with asyncio.timeout(self.settings.write_stall_timeout):
+                    await response.write(data)
+            except TimeoutError:
+                # A client that stopped reading: drop it rather than buffer without bound.
+                self.outcome.termination = Termination.WRITE_STALL
+                transport.abort()
+                raise _ClientGone from None
+        self.last_write = self.loop.time()
+
+    async def _end_with_error(self, error: GatewayError, *, keep_termination: bool = False) -> None:
+        """Finish an already started stream with one error event (never a fake [DONE])."""
+        self.outcome.error = error
+        if not keep_termination:
+            self.outcome.termination = (
+                Termination.TIMEOUT
+                if isinstance(error, UpstreamTimeout)
+                else Termination.UPSTREAM_ERROR
+            )
+        try:
+            await self._write(b"data: " + error.to_json() + b"\n\n")
+        except (_ClientGone, ConnectionError):
+            self.outcome.termination = Termination.CLIENT_DISCONNECT

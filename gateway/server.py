@@ -1,0 +1,57 @@
+"""One worker: uvloop, an aiohttp AppRunner and a SO_REUSEPORT site, drained on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import uvloop
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.logs import JsonAccessLogger, configure_logging
+from gateway.web import make_app
+
+log = logging.getLogger("gateway.server")
+
+
+def run_worker(config: Config, index: int, port: int) -> None:
+    """Process entry point of a worker: serve until SIGTERM or SIGINT, then drain and return."""
+    configure_logging(config.server.log_level)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(config, port=port, index=index))
+
+
+async def serve(config: Config, *, port: int, index: int = 0) -> None:
+    """Listen on the shared port until told to stop, then drain in-flight work."""
+    settings = config.server
+    app = make_app(config)
+    runner = web.AppRunner(
+        app,
+        # Without it a client that disconnects does not cancel its handler (PITFALLS.md).
+        handler_cancellation=True,
+        # Also bounds a connection whose request headers never finish arriving.
+        keepalive_timeout=settings.header_timeout,
+        shutdown_timeout=settings.drain_grace,
+        access_log_class=JsonAccessLogger,
+        access_log=logging.getLogger("gateway.access") if settings.access_log else None,
+        handle_signals=False,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, port, reuse_port=True, backlog=settings.backlog)
+    await site.start()
+    log.info("worker ready", extra={"worker": index, "pid": os.getpid(), "port": port})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    # Drain: readiness turns 503, the listening socket closes (the other workers and instances
+    # take new connections), live streams get their grace period, then whatever is left ends.
+    log.info("worker draining", extra={"worker": index, "grace_s": settings.drain_grace})
+    await runner.cleanup()
+    log.info("worker stopped", extra={"worker": index})

@@ -1,0 +1,152 @@
+"""The supervisor: starts N workers on one port, restarts a worker that dies, forwards signals."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from gateway.config import Config
+from gateway.logs import configure_logging
+from gateway.server import run_worker
+
+log = logging.getLogger("gateway.supervisor")
+
+RESTART_BACKOFF_MAX = 10.0
+# A worker that lived at least this long is considered healthy: its restart backoff resets.
+HEALTHY_UPTIME = 10.0
+
+
+class Supervisor:
+    """Keeps ``workers`` processes running until asked to stop."""
+
+    def __init__(self, config: Config, port: int) -> None:
+        self._config = config
+        self._port = port
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: dict[int, BaseProcess] = {}
+        self._started: dict[int, float] = {}
+        self._backoff: dict[int, float] = {}
+        self._stopping = False
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+
+    def run(self) -> int:
+        """Start the workers and watch them; returns the exit code."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        for index in range(self._config.server.workers):
+            self._start(index)
+        while not self._stopping:
+            self._watch_once()
+        return self._stop_all()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"x")
+
+    def _start(self, index: int) -> None:
+        process = self._context.Process(
+            target=run_worker,
+            args=(self._config, index, self._port),
+            name=f"llm-gateway-worker-{index}",
+        )
+        process.start()
+        self._workers[index] = process
+        self._started[index] = time.monotonic()
+        log.info("worker started", extra={"worker": index, "pid": process.pid})
+
+    def _watch_once(self) -> None:
+        sentinels = {p.sentinel: i for i, p in self._workers.items()}
+        ready = wait([*sentinels, self._wake_read], timeout=5.0)
+        if self._wake_read in ready:
+            os.read(self._wake_read, 64)
+        for sentinel in ready:
+            index = sentinels.get(sentinel) if isinstance(sentinel, int) else None
+            if index is None or self._stopping:
+                continue
+            self._restart(index)
+
+    def _restart(self, index: int) -> None:
+        process = self._workers[index]
+        process.join()
+        uptime = time.monotonic() - self._started[index]
+        delay = 0.0 if uptime >= HEALTHY_UPTIME else self._backoff.get(index, 0.25) * 2
+        self._backoff[index] = min(delay or 0.25, RESTART_BACKOFF_MAX)
+        log.error(
+            "worker died; restarting",
+            extra={
+                "worker": index,
+                "pid": process.pid,
+                "exitcode": process.exitcode,
+                "restart_in_s": round(delay, 2),
+            },
+        )
+        deadline = time.monotonic() + delay
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self._stopping:
+            self._start(index)
+
+    def _stop_all(self) -> int:
+        """Forward SIGTERM to every worker and wait for their drains to finish."""
+        log.info("stopping workers", extra={"workers": len(self._workers)})
+        for process in self._workers.values():
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._config.server.drain_grace + 15
+        for process in self._workers.values():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("worker did not stop in time; killing it", extra={"pid": process.pid})
+                process.kill()
+                process.join()
+        log.info("stopped")
+        return 0
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (without listening) a SO_REUSEPORT socket: it turns port 0 into a real port that the
+    workers then share, and keeps the port ours while workers restart."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def run(config: Config) -> int:
+    """Serve with the supervisor; returns the process exit code."""
+    configure_logging(config.server.log_level)
+    settings = config.server
+    reservation = reserve_port(settings.host, settings.port)
+    port = reservation.getsockname()[1]
+    shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log.info(
+        "llm-gateway listening",
+        extra={
+            "url": f"http://{shown_host}:{port}",
+            "workers": settings.workers,
+            "config": config.source,
+            "models": config.listed_models(),
+        },
+    )
+    if config.embedded_demo:
+        log.info(
+            "running on embedded defaults: model 'demo' is the built-in mock. To put a real "
+            "upstream behind the gateway: llm-gateway serve --upstream https://api.openai.com/v1 "
+            "--upstream-key-env OPENAI_API_KEY (or --config gateway.yaml)"
+        )
+    try:
+        return Supervisor(config, port).run()
+    finally:
+        reservation.close()

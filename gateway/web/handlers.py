@@ -1,0 +1,128 @@
+"""Thin handlers: read and validate, pick a deployment, hand over to the upstream pool and relay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from gateway.config import Deployment, ServerSettings
+from gateway.errors import ModelNotFound, PayloadTooLarge, RequestTimeout, UpstreamProtocolError
+from gateway.openai import Endpoint, parse_request
+from gateway.relay import StreamOutcome, relay_stream
+from gateway.router import choose_deployment
+from gateway.upstream import UpstreamResponse
+from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, WORKER_STATE
+
+_CREATED = int(time.time())
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions, streaming or not."""
+    return await _proxy(request, Endpoint.CHAT)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/completions, streaming or not."""
+    return await _proxy(request, Endpoint.COMPLETIONS)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    """POST /v1/embeddings."""
+    return await _proxy(request, Endpoint.EMBEDDINGS)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: the configured client-facing model names."""
+    names = request.app[CONFIG].listed_models()
+    return web.json_response({"object": "list", "data": [_model_object(n) for n in names]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}."""
+    name = request.match_info["model"]
+    if name not in request.app[CONFIG].listed_models():
+        raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
+    return web.json_response(_model_object(name))
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: the process is alive."""
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """GET /health/ready: 503 once the worker is draining, so balancers stop sending."""
+    if request.app[WORKER_STATE].draining:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def _model_object(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": _CREATED, "owned_by": "llm-gateway"}
+
+
+async def read_body(request: web.Request, settings: ServerSettings) -> bytes:
+    """The request body, refused past the size limit and cut off past the body timeout."""
+    limit = settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {settings.body_timeout:g} s."
+        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"The request body is larger than the limit of {limit} bytes."
+        ) from None
+
+
+async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    parsed = parse_request(await read_body(request, config.server), endpoint)
+    route = config.route_for(parsed.model)
+    if route is None:
+        raise ModelNotFound(
+            f"The model '{parsed.model}' does not exist or is not served by this gateway.",
+            param="model",
+        )
+    deployment = choose_deployment(route, config.deployments)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    upstream = await request.app[POOL].send(
+        deployment, endpoint.value, parsed.upstream_body(route.upstream_name(parsed.model))
+    )
+    if parsed.stream:
+        return await _stream(request, upstream, deployment, started)
+    try:
+        async with asyncio.timeout(deployment.timeouts.idle):
+            body = await upstream.read_body(config.server.max_upstream_body_bytes)
+    finally:
+        upstream.close()
+    return web.Response(body=body, status=upstream.status, content_type="application/json")
+
+
+async def _stream(
+    request: web.Request,
+    upstream: UpstreamResponse,
+    deployment: Deployment,
+    started: float,
+) -> web.StreamResponse:
+    if not upstream.content_type.startswith("text/event-stream"):
+        upstream.close()
+        raise UpstreamProtocolError(
+            "The upstream answered a streaming request without an event stream."
+        )
+    return await relay_stream(
+        request,
+        upstream,
+        deployment=deployment,
+        settings=request.app[CONFIG].server,
+        live=request.app[LIVE_STREAMS],
+        started=started,
+        outcome=StreamOutcome(),
+    )

@@ -1,0 +1,24 @@
+"""Typed keys for what the application holds, and the worker's own state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.relay import LiveStreams
+from gateway.upstream import Upstreams
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """Mutable facts about this worker that handlers read."""
+
+    draining: bool = False
+
+
+CONFIG = web.AppKey("config", Config)
+POOL = web.AppKey("upstreams", Upstreams)
+LIVE_STREAMS = web.AppKey("live_streams", LiveStreams)
+WORKER_STATE = web.AppKey("worker_state", WorkerState)

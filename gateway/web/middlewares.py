@@ -1,0 +1,127 @@
+"""Middlewares and response hooks: request id, CORS, security headers, error rendering.
+
+Headers are added in ``on_response_prepare`` rather than after the handler, because a streamed
+response has already sent its headers by the time the handler returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from gateway.logs import REQUEST_ID
+from gateway.web.keys import CONFIG
+
+log = logging.getLogger("gateway.web")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-site",
+}
+EXPOSED_HEADERS = "X-Request-Id, Retry-After"
+_REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def error_response(error: GatewayError) -> web.Response:
+    """The OpenAI-shaped JSON answer for an error."""
+    return web.Response(
+        body=error.to_json(),
+        status=error.http_status,
+        content_type="application/json",
+        headers=error.headers,
+    )
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Take the caller's X-Request-Id when it is sane, else make one."""
+    given = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = given if _REQUEST_ID_SHAPE.fullmatch(given) else uuid.uuid4().hex
+    return await handler(request)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure as an OpenAI-shaped JSON error; never a traceback."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http_exception(exc, request))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request.get(REQUEST_ID)})
+        return error_response(GatewayError("The gateway failed to handle the request."))
+
+
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:
+    if exc.status == 404:
+        return NotFound(f"Unknown path: {request.method} {request.path}")
+    if exc.status == 405:
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+    if exc.status == 413:
+        limit = request.app[CONFIG].server.max_body_bytes
+        return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    error = InvalidRequest(exc.reason or "Bad request.")
+    error.status = exc.status  # type: ignore[misc]
+    return error
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer CORS preflight requests for the configured origins."""
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response = web.Response(status=204)
+        origin = _allowed_origin(request)
+        if origin is not None:
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", "authorization, content-type"
+            )
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
+    return await handler(request)
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    allowed = request.app[CONFIG].server.cors_origins
+    if "*" in allowed or origin in allowed:
+        return origin
+    return None
+
+
+async def add_response_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """Request id, security headers and CORS on every response, streamed or not."""
+    headers = response.headers
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+    if isinstance(request, web.Request):
+        origin = _allowed_origin(request)
+        if origin is not None:
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+            headers.add("Vary", "Origin")

@@ -1,0 +1,161 @@
+"""Shared fixtures: real processes on real ports, started the way a user starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], timeout: float = START_TIMEOUT
+) -> None:
+    """Block until something accepts on ``port``, failing early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout} s")
+
+
+@dataclass
+class Proc:
+    """A started server process and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_process(
+    args: list[str], port: int, log_path: Path, env: dict[str, str] | None = None
+) -> Proc:
+    """Start a command with its output in ``log_path`` and wait until it listens on ``port``."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT
+    )
+    log_file.close()
+    proc = Proc(process, port, log_path)
+    try:
+        wait_for_port(port, process)
+    except RuntimeError as exc:
+        proc.stop(5)
+        raise RuntimeError(f"{exc}\n--- log ---\n{proc.log()}") from None
+    return proc
+
+
+def gateway_command(*args: str) -> list[str]:
+    """The installed ``llm-gateway`` entry point with arguments."""
+    return [str(BIN / "llm-gateway"), *args]
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[object]:
+    """Start ``llm-gateway serve`` processes; all are stopped at the end of the test."""
+    started: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, workers: int = 1) -> Proc:
+        port = free_port()
+        log_path = tmp_path / f"gateway-{len(started)}.log"
+        proc = start_process(
+            gateway_command("serve", "--port", str(port), "--workers", str(workers), *args),
+            port,
+            log_path,
+            env,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def mock_upstream(tmp_path: Path) -> Iterator[Proc]:
+    """A real ``llm-gateway mock-upstream`` process on a free port."""
+    port = free_port()
+    proc = start_process(
+        gateway_command("mock-upstream", "--port", str(port)), port, tmp_path / "mock.log"
+    )
+    yield proc
+    proc.stop()
+
+
+def write_config(tmp_path: Path, mock_url: str, *, server: str = "", deployment: str = "") -> Path:
+    """A gateway config with one deployment `mock` on the mock upstream serving `mock-gpt`."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"""
+server:
+  log_level: info
+{server}
+deployments:
+  mock:
+    base_url: {mock_url}/v1
+    api_key: sk-upstream-test
+    models: [mock-gpt, mock-embed]
+{deployment}
+models:
+  alias:
+    deployments: [mock]
+    upstream_model: mock-gpt
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def gateway_on_mock(start_gateway, mock_upstream: Proc, tmp_path: Path) -> Proc:  # type: ignore[no-untyped-def]
+    """A gateway process routing `mock-gpt` and `alias` to a real mock upstream process."""
+    proc: Proc = start_gateway("--config", str(write_config(tmp_path, mock_upstream.url)))
+    proc.extra["mock_url"] = mock_upstream.url
+    return proc

@@ -1,0 +1,80 @@
+"""Hand-written fakes for the seams in gateway.upstream (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gateway.config import Deployment
+from gateway.errors import GatewayError
+
+
+@dataclass
+class Step:
+    """One thing a scripted upstream does: wait, then yield bytes (or raise)."""
+
+    data: bytes = b""
+    delay: float = 0.0
+    error: GatewayError | None = None
+
+
+class ScriptedResponse:
+    """An UpstreamResponse that plays a script of chunks."""
+
+    def __init__(self, steps: Sequence[Step], content_type: str) -> None:
+        self.status = 200
+        self.content_type = content_type
+        self._steps = list(steps)
+        self.closed = False
+        self.reads = 0
+
+    async def read_chunk(self) -> bytes:
+        self.reads += 1
+        if not self._steps:
+            return b""
+        step = self._steps.pop(0)
+        if step.delay:
+            await asyncio.sleep(step.delay)
+        if step.error is not None:
+            raise step.error
+        return step.data
+
+    async def read_body(self, limit: int) -> bytes:
+        return b"".join(step.data for step in self._steps)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeUpstreams:
+    """Answers every send() with the next scripted response, recording the bodies sent."""
+
+    responses: list[ScriptedResponse] = field(default_factory=list)
+    sent: list[tuple[str, str, bytes]] = field(default_factory=list)
+    error: GatewayError | None = None
+
+    def script(self, *steps: Step, content_type: str = "text/event-stream") -> ScriptedResponse:
+        response = ScriptedResponse(steps, content_type)
+        self.responses.append(response)
+        return response
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def send(
+        self,
+        deployment: Deployment,
+        path: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> ScriptedResponse:
+        self.sent.append((deployment.name, path, body))
+        if self.error is not None:
+            raise self.error
+        return self.responses.pop(0)

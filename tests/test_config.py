@@ -1,0 +1,122 @@
+"""Configuration: defaults, YAML, environment overrides and messages that name the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import MOCK_BASE_URL, load_config, passthrough_overrides
+from gateway.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_embedded_defaults_serve_the_demo_model() -> None:
+    """With no file and no environment the only model is the in-process `demo`."""
+    config = load_config(None, {})
+    assert config.embedded_demo
+    assert config.listed_models() == ["demo"]
+    assert config.deployments["demo"].base_url == MOCK_BASE_URL
+    assert config.server.port == 8080 and config.server.host == "127.0.0.1"
+
+
+def test_yaml_deployments_models_and_aliases(tmp_path: Path) -> None:
+    """Deployments expose their models; aliases map onto deployments with an upstream name."""
+    path = write(
+        tmp_path,
+        """
+deployments:
+  a: {base_url: "http://a/v1/", api_key: "env:A_KEY", models: [m1]}
+  b: {base_url: "https://b/v1", models: [m1, m2], weight: 3}
+models:
+  fast: {deployments: [b], upstream_model: m2}
+""",
+    )
+    config = load_config(path, {"A_KEY": "secret-a"})
+    assert config.deployments["a"].base_url == "http://a/v1"
+    assert config.deployments["a"].api_key == "secret-a"
+    assert config.models["m1"].deployments == ("a", "b")
+    assert config.route_for("fast") is not None
+    assert config.route_for("fast").upstream_name("fast") == "m2"  # type: ignore[union-attr]
+    assert config.route_for("unknown") is None
+    assert "secret-a" not in repr(config)
+
+
+def test_environment_overrides_with_and_without_section() -> None:
+    """LLM_GATEWAY_SERVER__PORT and LLM_GATEWAY_WORKERS both set server values, read as YAML."""
+    config = load_config(
+        None,
+        {
+            "LLM_GATEWAY_SERVER__PORT": "9001",
+            "LLM_GATEWAY_WORKERS": "3",
+            "LLM_GATEWAY_CORS_ORIGINS": "[https://x.example]",
+            "LLM_GATEWAY_MASTER_KEY": "not a setting here",
+        },
+    )
+    assert config.server.port == 9001
+    assert config.server.workers == 3
+    assert config.server.cors_origins == ("https://x.example",)
+
+
+def test_passthrough_routes_every_model_name() -> None:
+    """--upstream puts one deployment behind a wildcard route that passes names through."""
+    config = load_config(
+        None, {"KEY": "k"}, overrides=passthrough_overrides("http://h:1/v1", "KEY")
+    )
+    route = config.route_for("anything")
+    assert route is not None and route.upstream_name("anything") == "anything"
+    assert config.deployments["upstream"].api_key == "k"
+    assert config.listed_models() == []
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "named"),
+    [
+        ("server: {port: abc}", {}, "server.port"),
+        ("server: {port: 70000}", {}, "server.port"),
+        ("server: {workers: 0}", {}, "server.workers"),
+        ("server: {keepalive_interval: -1}", {}, "server.keepalive_interval"),
+        ("server: {prot: 1}", {}, "server.prot"),
+        ("server: {log_level: loud}", {}, "server.log_level"),
+        ("deployments: {a: {models: [x]}}", {}, "deployments.a.base_url"),
+        ("deployments: {a: {base_url: ftp://x}}", {}, "deployments.a.base_url"),
+        (
+            "deployments: {a: {base_url: 'http://x', api_key: 'env:NOPE'}}",
+            {},
+            "deployments.a.api_key",
+        ),
+        ("deployments: {a: {base_url: 'http://x', timeouts: {idle: 0}}}", {}, "timeouts.idle"),
+        ("models: {m: {deployments: [ghost]}}", {}, "models.m.deployments"),
+        ("bogus: 1", {}, "bogus"),
+        ("- a list", {}, "top level"),
+        ("", {"LLM_GATEWAY_PORT": "x"}, "server.port"),
+    ],
+)
+def test_bad_values_name_their_key(
+    tmp_path: Path, text: str, environ: dict[str, str], named: str
+) -> None:
+    """Every invalid value fails with a message naming the key and the file."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ)
+    assert named in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    """A config path that does not exist fails with the path in the message."""
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml", {})
+
+
+def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
+    """A mistyped value that may be a secret is described, not echoed."""
+    path = write(tmp_path, "server: {port: sk-very-secret}")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    assert "sk-very-secret" not in str(caught.value)

@@ -1,0 +1,74 @@
+"""Request normalisation: valid bodies pass through untouched, bad ones name the field."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway.errors import InvalidJSON, InvalidRequest
+from gateway.openai import Endpoint, parse_request
+
+
+def test_chat_request_fields_and_passthrough() -> None:
+    """Known fields are pulled out; unknown ones stay in the body for the upstream."""
+    raw = orjson.dumps(
+        {
+            "model": "m",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "hi"}],
+            "some_new_param": {"x": 1},
+        }
+    )
+    parsed = parse_request(raw, Endpoint.CHAT)
+    assert parsed.model == "m" and parsed.stream and parsed.client_wants_usage
+    upstream = orjson.loads(parsed.upstream_body("upstream-m"))
+    assert upstream["model"] == "upstream-m"
+    assert upstream["some_new_param"] == {"x": 1}
+    assert orjson.loads(parsed.upstream_body("m")) == orjson.loads(raw)
+
+
+@pytest.mark.parametrize(
+    ("body", "endpoint", "param"),
+    [
+        ({"model": "m"}, Endpoint.COMPLETIONS, "prompt"),
+        ({"model": "m", "prompt": 3}, Endpoint.COMPLETIONS, "prompt"),
+        ({"model": "m"}, Endpoint.EMBEDDINGS, "input"),
+        ({"model": "m", "input": []}, Endpoint.EMBEDDINGS, "input"),
+        ({"model": "m", "input": "x", "stream": True}, Endpoint.EMBEDDINGS, "stream"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": 3}]},
+            Endpoint.CHAT,
+            "messages[0].content",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user"}], "max_tokens": 0},
+            Endpoint.CHAT,
+            "max_tokens",
+        ),
+        ({"model": "m", "messages": [{"role": "user"}], "stop": [1]}, Endpoint.CHAT, "stop"),
+        (
+            {"model": "m", "messages": [{"role": "user"}], "stream_options": {"include_usage": 1}},
+            Endpoint.CHAT,
+            "stream_options.include_usage",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user"}], "temperature": True},
+            Endpoint.CHAT,
+            "temperature",
+        ),
+    ],
+)
+def test_invalid_fields_are_named(body: dict[str, object], endpoint: Endpoint, param: str) -> None:
+    """A missing or mistyped field raises InvalidRequest with that field as param."""
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(orjson.dumps(body), endpoint)
+    assert caught.value.param == param
+    assert caught.value.to_dict()["error"]["param"] == param
+
+
+def test_invalid_json_has_its_own_code() -> None:
+    """Bytes that are not JSON raise InvalidJSON with code invalid_json."""
+    with pytest.raises(InvalidJSON) as caught:
+        parse_request(b"{", Endpoint.CHAT)
+    assert caught.value.code == "invalid_json" and caught.value.status == 400
