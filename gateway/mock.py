@@ -1,0 +1,342 @@
+"""The built-in OpenAI-compatible mock upstream: for demos, tests and benchmarks.
+
+Content is deterministic (the same request gives the same answer), so tests can compare what a
+client received with :func:`expected_text`. Behaviour (size, pacing, failures) comes from
+:class:`MockBehaviour` defaults, overridden per request by a ``"mock"`` object in the body or by
+``X-Mock-*`` headers. The generators here serve both the HTTP server (``llm-gateway mock-upstream``)
+and the gateway's in-process ``demo`` model.
+
+It is built to be fast, because benchmarks measure the gateway against it: the constant JSON around
+each piece is encoded once per stream, and unpaced events are batched into ~16 KiB writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import orjson
+
+MOCK_MODELS: tuple[str, ...] = ("mock-gpt", "mock-gpt-mini", "mock-embed")
+BATCH_BYTES = 16 * 1024
+_VOCABULARY = (
+    "the quick brown fox jumps over a lazy dog while streams of tokens flow through the gateway "
+    "to every patient reader who waits for words that arrive one by one like rain on a quiet "
+    "roof and each small piece carries meaning forward until the answer is whole again"
+).split()
+_HEADER_PREFIX = "x-mock-"
+_ids = itertools.count(1)
+
+
+class MockDisconnect(Exception):
+    """The behaviour asks for the connection to be cut here (``die_after``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MockBehaviour:
+    """How the mock answers; every field can be overridden per request."""
+
+    chunks: int = 16
+    chunk_size: int = 1
+    delay: float = 0.0
+    first_byte_delay: float = 0.0
+    fail_status: int | None = None
+    fail_before_first_byte: bool = False
+    die_after: int | None = None
+    stall_after: int | None = None
+    error_after: int | None = None
+    retry_after: float | None = None
+
+    def merged(self, overrides: Mapping[str, Any]) -> MockBehaviour:
+        """A copy with ``overrides`` applied; a ValueError names any bad key or value."""
+        types = {f.name: f.type for f in fields(self)}
+        values: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key not in types:
+                raise ValueError(f"unknown mock setting {key!r}")
+            values[key] = _coerce(key, value, str(types[key]))
+        return replace(self, **values)
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    if value is None and "None" in annotation:
+        return None
+    try:
+        if annotation.startswith("bool"):
+            if isinstance(value, str):
+                return value.strip().lower() in {"1", "true", "yes"}
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if annotation.startswith("int"):
+            number = int(value)
+            if number < 0 or isinstance(value, bool) or (key == "chunks" and number < 1):
+                raise ValueError
+            return number
+        number = float(value)
+        if number < 0 or not math.isfinite(number):
+            raise ValueError
+        return number
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid value for mock setting {key!r}: {value!r}") from None
+
+
+def behaviour_for(
+    defaults: MockBehaviour, body: Mapping[str, Any], headers: Mapping[str, str]
+) -> MockBehaviour:
+    """The behaviour for one request: defaults, then X-Mock-* headers, then the body's "mock"."""
+    from_headers = {
+        name[len(_HEADER_PREFIX) :].replace("-", "_"): value
+        for name, value in ((k.lower(), v) for k, v in headers.items())
+        if name.startswith(_HEADER_PREFIX)
+    }
+    behaviour = defaults.merged(from_headers) if from_headers else defaults
+    in_body = body.get("mock")
+    if in_body is None:
+        return behaviour
+    if not isinstance(in_body, Mapping):
+        raise ValueError("the 'mock' field must be an object")
+    return behaviour.merged(in_body)
+
+
+# -- content ---------------------------------------------------------------------------------------
+
+
+def _source_text(body: Mapping[str, Any]) -> Any:
+    return body.get("messages", body.get("prompt", body.get("input")))
+
+
+def answer_words(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[str]:
+    """The answer's pieces, deterministic in (model, messages or prompt, seed)."""
+    key = orjson.dumps(
+        [body.get("model"), _source_text(body), body.get("seed")], option=orjson.OPT_SORT_KEYS
+    )
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    start = int.from_bytes(digest, "big")
+    size = len(_VOCABULARY)
+    pieces: list[str] = []
+    for index in range(behaviour.chunks):
+        base = start + index * behaviour.chunk_size * 7
+        words = " ".join(_VOCABULARY[(base + j * 13) % size] for j in range(behaviour.chunk_size))
+        pieces.append(words if index == 0 else " " + words)
+    return pieces
+
+
+def expected_text(body: Mapping[str, Any], defaults: MockBehaviour = MockBehaviour()) -> str:
+    """The full text the mock answers ``body`` with (what a client should end up with)."""
+    return "".join(answer_words(body, behaviour_for(defaults, body, {})))
+
+
+def count_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """A whitespace word count of the prompt, messages or input: the mock's idea of tokens."""
+    source = _source_text(body)
+    texts: list[str] = []
+    if isinstance(source, str):
+        texts.append(source)
+    elif isinstance(source, list):
+        for item in source:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, Mapping) and isinstance(item.get("content"), str):
+                texts.append(item["content"])
+    return sum(len(text.split()) for text in texts)
+
+
+def _usage(body: Mapping[str, Any], completion_tokens: int) -> dict[str, int]:
+    prompt = count_prompt_tokens(body)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+    }
+
+
+def _wants_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, Mapping) and bool(options.get("include_usage"))
+
+
+# -- streams ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StreamProgress:
+    """How far a stream got: events and content pieces handed to the writer."""
+
+    events: int = 0
+    pieces: int = 0
+
+
+def _chat_events(body: Mapping[str, Any], behaviour: MockBehaviour) -> Iterator[tuple[bytes, int]]:
+    """(encoded event, content pieces in it) for a streaming chat completion."""
+    model = orjson.dumps(body.get("model")).decode()
+    head = (
+        f'data: {{"id":"chatcmpl-mock-{next(_ids)}","object":"chat.completion.chunk",'
+        f'"created":{int(time.time())},"model":{model},"choices":'
+    ).encode()
+    piece_head = head + b'[{"index":0,"delta":{"content":'
+    piece_tail = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+    yield (
+        head
+        + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
+        + b'"finish_reason":null}]}\n\n',
+        0,
+    )
+    pieces = answer_words(body, behaviour)
+    for piece in pieces:
+        yield piece_head + orjson.dumps(piece) + piece_tail, 1
+    yield head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}\n\n', 0
+    if _wants_usage(body):
+        usage = orjson.dumps(_usage(body, len(pieces)))
+        yield head + b'[],"usage":' + usage + b"}\n\n", 0
+    yield b"data: [DONE]\n\n", 0
+
+
+def _completion_events(
+    body: Mapping[str, Any], behaviour: MockBehaviour
+) -> Iterator[tuple[bytes, int]]:
+    """(encoded event, content pieces in it) for a streaming legacy completion."""
+    model = orjson.dumps(body.get("model")).decode()
+    head = (
+        f'data: {{"id":"cmpl-mock-{next(_ids)}","object":"text_completion",'
+        f'"created":{int(time.time())},"model":{model},"choices":'
+    ).encode()
+    pieces = answer_words(body, behaviour)
+    for piece in pieces:
+        yield (
+            head
+            + b'[{"index":0,"text":'
+            + orjson.dumps(piece)
+            + b',"logprobs":null,"finish_reason":null}]}\n\n',
+            1,
+        )
+    yield head + b'[{"index":0,"text":"","logprobs":null,"finish_reason":"stop"}]}\n\n', 0
+    if _wants_usage(body):
+        yield head + b'[],"usage":' + orjson.dumps(_usage(body, len(pieces))) + b"}\n\n", 0
+    yield b"data: [DONE]\n\n", 0
+
+
+_ERROR_EVENT = (
+    b'data: {"error":{"message":"mock upstream failure mid-stream","type":"server_error",'
+    b'"param":null,"code":"mock_error"}}\n\n'
+)
+
+
+async def _paced(
+    events: Iterator[tuple[bytes, int]],
+    behaviour: MockBehaviour,
+    progress: StreamProgress,
+) -> AsyncIterator[bytes]:
+    """Apply pacing, batching and failure injection to a sequence of events."""
+    batch: list[bytes] = []
+    size = 0
+    for data, pieces in events:
+        sent = progress.events
+        if behaviour.die_after is not None and sent >= behaviour.die_after:
+            if batch:
+                yield b"".join(batch)
+            raise MockDisconnect
+        if behaviour.error_after is not None and sent >= behaviour.error_after:
+            batch.append(_ERROR_EVENT)
+            progress.events += 1
+            yield b"".join(batch)
+            return
+        if behaviour.stall_after is not None and sent >= behaviour.stall_after:
+            if batch:
+                yield b"".join(batch)
+            await asyncio.Event().wait()  # silent until the reader goes away
+        if behaviour.delay:
+            if sent:
+                await asyncio.sleep(behaviour.delay)
+            progress.events += 1
+            progress.pieces += pieces
+            yield data
+            continue
+        batch.append(data)
+        size += len(data)
+        progress.events += 1
+        progress.pieces += pieces
+        if size >= BATCH_BYTES:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
+def chat_stream(
+    body: Mapping[str, Any],
+    behaviour: MockBehaviour,
+    progress: StreamProgress | None = None,
+) -> AsyncIterator[bytes]:
+    """The SSE bytes of a streaming chat completion, paced and failing as ``behaviour`` says."""
+    return _paced(_chat_events(body, behaviour), behaviour, progress or StreamProgress())
+
+
+def completion_stream(
+    body: Mapping[str, Any],
+    behaviour: MockBehaviour,
+    progress: StreamProgress | None = None,
+) -> AsyncIterator[bytes]:
+    """The SSE bytes of a streaming legacy completion."""
+    return _paced(_completion_events(body, behaviour), behaviour, progress or StreamProgress())
+
+
+def chat_completion(body: Mapping[str, Any], behaviour: MockBehaviour) -> dict[str, Any]:
+    """A non-streaming chat completion."""
+    pieces = answer_words(body, behaviour)
+    return {
+        "id": f"chatcmpl-mock-{next(_ids)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(pieces)},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _usage(body, len(pieces)),
+    }
+
+
+def text_completion(body: Mapping[str, Any], behaviour: MockBehaviour) -> dict[str, Any]:
+    """A non-streaming legacy completion."""
+    pieces = answer_words(body, behaviour)
+    return {
+        "id": f"cmpl-mock-{next(_ids)}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model"),
+        "choices": [
+            {"index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": "stop"}
+        ],
+        "usage": _usage(body, len(pieces)),
+    }
+
+
+def embeddings(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Deterministic unit vectors, one per input."""
+    inputs = body.get("input")
+    items = inputs if isinstance(inputs, list) else [inputs]
+    dimensions = body.get("dimensions") or 16
+    data = []
+    for index, item in enumerate(items):
+        digest = hashlib.blake2b(orjson.dumps(item), digest_size=64).digest()
+        raw = [digest[i % len(digest)] - 127.5 for i in range(dimensions)]
+        norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+        data.append({"object": "embedding", "index": index, "embedding": [v / norm for v in raw]})
+    prompt = count_prompt_tokens(body)
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model"),
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }
