@@ -121,12 +121,13 @@ def mock_upstream(
     Every request may override the behaviour with a "mock" object in its body or X-Mock-* headers
     (fail_status, fail_before_first_byte, die_after, stall_after, error_after, ...).
     """
-    from gateway import mock
+    from gateway.mock import MockBehaviour
+    from gateway.mockserver import run_mock
 
-    behaviour = mock.MockBehaviour(
+    behaviour = MockBehaviour(
         chunks=chunks, chunk_size=chunk_size, delay=delay, first_byte_delay=first_byte_delay
     )
-    mock.run_mock(host, port, behaviour)
+    run_mock(host, port, behaviour)
 
 
 if __name__ == "__main__":

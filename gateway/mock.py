@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import itertools
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
@@ -64,6 +65,9 @@ class MockBehaviour:
         return replace(self, **values)
 
 
+DEFAULT_BEHAVIOUR = MockBehaviour()
+
+
 def _coerce(key: str, value: Any, annotation: str) -> Any:
     if value is None and "None" in annotation:
         return None
@@ -79,10 +83,10 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
             if number < 0 or isinstance(value, bool) or (key == "chunks" and number < 1):
                 raise ValueError
             return number
-        number = float(value)
-        if number < 0 or not math.isfinite(number):
+        seconds = float(value)
+        if seconds < 0 or not math.isfinite(seconds):
             raise ValueError
-        return number
+        return seconds
     except (TypeError, ValueError):
         raise ValueError(f"invalid value for mock setting {key!r}: {value!r}") from None
 
@@ -118,19 +122,17 @@ def answer_words(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[str]
         [body.get("model"), _source_text(body), body.get("seed")], option=orjson.OPT_SORT_KEYS
     )
     digest = hashlib.blake2b(key, digest_size=8).digest()
-    start = int.from_bytes(digest, "big")
-    size = len(_VOCABULARY)
+    rng = random.Random(int.from_bytes(digest, "big"))
     pieces: list[str] = []
     for index in range(behaviour.chunks):
-        base = start + index * behaviour.chunk_size * 7
-        words = " ".join(_VOCABULARY[(base + j * 13) % size] for j in range(behaviour.chunk_size))
+        words = " ".join(rng.choices(_VOCABULARY, k=behaviour.chunk_size))
         pieces.append(words if index == 0 else " " + words)
     return pieces
 
 
-def expected_text(body: Mapping[str, Any], defaults: MockBehaviour = MockBehaviour()) -> str:
+def expected_text(body: Mapping[str, Any], defaults: MockBehaviour | None = None) -> str:
     """The full text the mock answers ``body`` with (what a client should end up with)."""
-    return "".join(answer_words(body, behaviour_for(defaults, body, {})))
+    return "".join(answer_words(body, behaviour_for(defaults or DEFAULT_BEHAVIOUR, body, {})))
 
 
 def count_prompt_tokens(body: Mapping[str, Any]) -> int:

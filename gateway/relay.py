@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -123,7 +124,7 @@ class _ClientGone(Exception):
 
 async def relay_stream(
     request: web.Request,
-    upstream: UpstreamResponse,
+    opening: Awaitable[UpstreamResponse],
     *,
     deployment: Deployment,
     settings: ServerSettings,
@@ -131,19 +132,20 @@ async def relay_stream(
     started: float,
     outcome: StreamOutcome,
 ) -> web.StreamResponse:
-    """Relay an upstream SSE stream to the client and return the (finished) response.
+    """Open the upstream stream (``opening``), relay it to the client, return the finished response.
 
     Raises a GatewayError only while no header has been sent; ``outcome`` says how it ended.
     """
-    relay = _Relay(request, upstream, deployment, settings, started, outcome)
+    relay = _Relay(request, deployment, settings, started, outcome)
     task = asyncio.current_task()
     assert task is not None
     handle = StreamHandle(task)
     live.add(handle)
     try:
-        return await relay.run(handle)
+        return await relay.run(handle, opening)
     finally:
-        upstream.close()
+        if relay.upstream is not None:
+            relay.upstream.close()
         live.discard(handle)
 
 
@@ -164,14 +166,13 @@ class _Relay:
     def __init__(
         self,
         request: web.Request,
-        upstream: UpstreamResponse,
         deployment: Deployment,
         settings: ServerSettings,
         started: float,
         outcome: StreamOutcome,
     ) -> None:
         self.request = request
-        self.upstream = upstream
+        self.upstream: UpstreamResponse | None = None
         self.deployment = deployment
         self.settings = settings
         self.started = started
@@ -181,9 +182,12 @@ class _Relay:
         self.response: web.StreamResponse | None = None
         self.last_write = self.loop.time()
 
-    async def run(self, handle: StreamHandle) -> web.StreamResponse:
+    async def run(
+        self, handle: StreamHandle, opening: Awaitable[UpstreamResponse]
+    ) -> web.StreamResponse:
         try:
-            await self._pump()
+            self.upstream = await self._open(opening)
+            await self._pump(self.upstream)
         except _ClientGone:
             pass
         except GatewayError as exc:
@@ -210,7 +214,30 @@ class _Relay:
         assert self.response is not None
         return self.response
 
-    async def _pump(self) -> None:
+    async def _open(self, opening: Awaitable[UpstreamResponse]) -> UpstreamResponse:
+        """Wait for the upstream's response headers, with keep-alives if that takes a while."""
+        task = asyncio.ensure_future(opening)
+        try:
+            while True:
+                wait = self.last_write + self.settings.keepalive_interval - self.loop.time()
+                done, _ = await asyncio.wait({task}, timeout=max(wait, 0.0))
+                if done:
+                    break
+                await self._write(KEEPALIVE_COMMENT)
+        except BaseException:
+            task.cancel()
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result().close()
+            raise
+        upstream = task.result()
+        if not upstream.content_type.startswith("text/event-stream"):
+            upstream.close()
+            raise UpstreamProtocolError(
+                "The upstream answered a streaming request without an event stream."
+            )
+        return upstream
+
+    async def _pump(self, upstream: UpstreamResponse) -> None:
         """Read, reassemble and forward until [DONE] or a failure."""
         timeouts = self.deployment.timeouts
         keepalive = self.settings.keepalive_interval
@@ -221,7 +248,7 @@ class _Relay:
             wake_at = min(limit_at, self.last_write + keepalive)
             try:
                 async with asyncio.timeout_at(wake_at):
-                    chunk = await self.upstream.read_chunk()
+                    chunk = await upstream.read_chunk()
             except TimeoutError:
                 if self.loop.time() >= limit_at:
                     raise self._timeout_error() from None

@@ -16,6 +16,11 @@ from gateway.web import make_app
 
 log = logging.getLogger("gateway.server")
 
+# After answering a request whose body was not read (413, 408), aiohttp keeps reading and
+# discarding it for this long before closing, so the client is not reset before it reads the answer.
+# aiohttp's default of 10 s would keep a slow-body connection around long after its 408.
+LINGERING_SECONDS = 2.0
+
 
 def run_worker(config: Config, index: int, port: int) -> None:
     """Process entry point of a worker: serve until SIGTERM or SIGINT, then drain and return."""
@@ -35,6 +40,7 @@ async def serve(config: Config, *, port: int, index: int = 0) -> None:
         # Also bounds a connection whose request headers never finish arriving.
         keepalive_timeout=settings.header_timeout,
         shutdown_timeout=settings.drain_grace,
+        lingering_time=LINGERING_SECONDS,
         access_log_class=JsonAccessLogger,
         access_log=logging.getLogger("gateway.access") if settings.access_log else None,
         handle_signals=False,

@@ -42,6 +42,15 @@ def wait_for_port(
     raise RuntimeError(f"nothing listened on port {port} within {timeout} s")
 
 
+def wait_for_log(proc: Proc, text: str, count: int = 1, timeout: float = START_TIMEOUT) -> None:
+    """Block until ``text`` appears ``count`` times in the process log."""
+    deadline = time.monotonic() + timeout
+    while proc.log().count(text) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{text!r} did not appear {count} times:\n{proc.log()}")
+        time.sleep(0.05)
+
+
 @dataclass
 class Proc:
     """A started server process and where it listens."""
@@ -112,6 +121,7 @@ def start_gateway(tmp_path: Path) -> Iterator[object]:
             env,
         )
         started.append(proc)
+        wait_for_log(proc, "worker ready", workers)
         return proc
 
     yield start

@@ -28,14 +28,20 @@ class ScriptedResponse:
         self._steps = list(steps)
         self.closed = False
         self.reads = 0
+        self._ready_at: float | None = None
 
     async def read_chunk(self) -> bytes:
         self.reads += 1
         if not self._steps:
             return b""
-        step = self._steps.pop(0)
-        if step.delay:
-            await asyncio.sleep(step.delay)
+        # Like a socket read, a cancelled read loses nothing and does not restart the wait.
+        step = self._steps[0]
+        loop = asyncio.get_running_loop()
+        if self._ready_at is None:
+            self._ready_at = loop.time() + step.delay
+        await asyncio.sleep(max(0.0, self._ready_at - loop.time()))
+        self._steps.pop(0)
+        self._ready_at = None
         if step.error is not None:
             raise step.error
         return step.data

@@ -110,7 +110,7 @@ def test_bad_values_name_their_key(
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     """A config path that does not exist fails with the path in the message."""
-    with pytest.raises(ConfigError, match="missing.yaml"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml"):
         load_config(tmp_path / "missing.yaml", {})
 
 

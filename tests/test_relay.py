@@ -106,5 +106,5 @@ async def test_streaming_request_answered_with_json_is_rejected(
 ) -> None:
     """An upstream that ignores stream=true is a protocol error, not a silent JSON passthrough."""
     upstreams.script(Step(b"{}"), content_type="application/json")
-    status, raw = await post(client)
+    status, _ = await post(client)
     assert status == 502

@@ -19,14 +19,19 @@ from gateway.errors import (
     UpstreamUnreachable,
 )
 
+QUEUE_CHUNKS = 8
 # Paced so that a newcomer's `curl -N` visibly streams.
 DEMO_BEHAVIOUR = mock.MockBehaviour(chunks=24, delay=0.03)
 
 
 class InProcessResponse:
-    """A response produced by the mock's generators instead of a socket."""
+    """A response produced by the mock's generators instead of a socket.
 
-    __slots__ = ("_body", "_chunks", "_release", "content_type", "status")
+    A task runs the generator into a small bounded queue, so that a read can be cancelled (the
+    relay's keep-alive timer does that) without killing the generator, as a socket read would not.
+    """
+
+    __slots__ = ("_body", "_producer", "_queue", "_release", "content_type", "status")
 
     def __init__(
         self,
@@ -37,27 +42,40 @@ class InProcessResponse:
     ) -> None:
         self.status = 200
         self.content_type = "text/event-stream" if chunks is not None else "application/json"
-        self._chunks = chunks
         self._body = body
         self._release: Callable[[], None] | None = release
+        self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        self._producer: asyncio.Task[None] | None = None
+        if chunks is not None:
+            self._producer = asyncio.create_task(self._produce(chunks))
+
+    async def _produce(self, chunks: AsyncIterator[bytes]) -> None:
+        try:
+            async for chunk in chunks:
+                await self._queue.put(chunk)
+            await self._queue.put(b"")
+        except mock.MockDisconnect:
+            await self._queue.put(
+                UpstreamProtocolError(
+                    "The upstream closed the connection in the middle of the response."
+                )
+            )
 
     async def read_chunk(self) -> bytes:
-        if self._chunks is None:
+        if self._producer is None:
             body, self._body = self._body, b""
             return body
-        try:
-            return await anext(self._chunks)
-        except StopAsyncIteration:
-            return b""
-        except mock.MockDisconnect as exc:
-            raise UpstreamProtocolError(
-                "The upstream closed the connection in the middle of the response."
-            ) from exc
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     async def read_body(self, limit: int) -> bytes:
         return self._body
 
     def close(self) -> None:
+        if self._producer is not None:
+            self._producer.cancel()
         if self._release is not None:
             self._release()
             self._release = None

@@ -7,15 +7,15 @@ import time
 
 from aiohttp import web
 
-from gateway.config import Deployment, ServerSettings
-from gateway.errors import ModelNotFound, PayloadTooLarge, RequestTimeout, UpstreamProtocolError
+from gateway.config import ServerSettings
+from gateway.errors import ModelNotFound, PayloadTooLarge, RequestTimeout
 from gateway.openai import Endpoint, parse_request
 from gateway.relay import StreamOutcome, relay_stream
 from gateway.router import choose_deployment
-from gateway.upstream import UpstreamResponse
 from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, WORKER_STATE
 
 _CREATED = int(time.time())
+CLOSE = {"Connection": "close"}
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -65,20 +65,22 @@ def _model_object(name: str) -> dict[str, object]:
 
 async def read_body(request: web.Request, settings: ServerSettings) -> bytes:
     """The request body, refused past the size limit and cut off past the body timeout."""
+    # Both refusals close the connection: the rest of the body is never read.
     limit = settings.max_body_bytes
+    too_large = PayloadTooLarge(
+        f"The request body is larger than the limit of {limit} bytes.", headers=CLOSE
+    )
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        raise too_large
     try:
         async with asyncio.timeout(settings.body_timeout):
             return await request.read()
     except TimeoutError:
         raise RequestTimeout(
-            f"The request body did not arrive within {settings.body_timeout:g} s."
+            f"The request body did not arrive within {settings.body_timeout:g} s.", headers=CLOSE
         ) from None
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"The request body is larger than the limit of {limit} bytes."
-        ) from None
+        raise too_large from None
 
 
 async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
@@ -91,38 +93,24 @@ async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             param="model",
         )
     deployment = choose_deployment(route, config.deployments)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    upstream = await request.app[POOL].send(
+    started = asyncio.get_running_loop().time()
+    opening = request.app[POOL].send(
         deployment, endpoint.value, parsed.upstream_body(route.upstream_name(parsed.model))
     )
     if parsed.stream:
-        return await _stream(request, upstream, deployment, started)
+        return await relay_stream(
+            request,
+            opening,
+            deployment=deployment,
+            settings=config.server,
+            live=request.app[LIVE_STREAMS],
+            started=started,
+            outcome=StreamOutcome(),
+        )
+    upstream = await opening
     try:
         async with asyncio.timeout(deployment.timeouts.idle):
             body = await upstream.read_body(config.server.max_upstream_body_bytes)
     finally:
         upstream.close()
     return web.Response(body=body, status=upstream.status, content_type="application/json")
-
-
-async def _stream(
-    request: web.Request,
-    upstream: UpstreamResponse,
-    deployment: Deployment,
-    started: float,
-) -> web.StreamResponse:
-    if not upstream.content_type.startswith("text/event-stream"):
-        upstream.close()
-        raise UpstreamProtocolError(
-            "The upstream answered a streaming request without an event stream."
-        )
-    return await relay_stream(
-        request,
-        upstream,
-        deployment=deployment,
-        settings=request.app[CONFIG].server,
-        live=request.app[LIVE_STREAMS],
-        started=started,
-        outcome=StreamOutcome(),
-    )

@@ -38,12 +38,17 @@ _REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def error_response(error: GatewayError) -> web.Response:
     """The OpenAI-shaped JSON answer for an error."""
-    return web.Response(
+    headers = dict(error.headers)
+    close = headers.pop("Connection", "").lower() == "close"
+    response = web.Response(
         body=error.to_json(),
         status=error.http_status,
         content_type="application/json",
-        headers=error.headers,
+        headers=headers,
     )
+    if close:
+        response.force_close()
+    return response
 
 
 @web.middleware

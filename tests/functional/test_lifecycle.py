@@ -131,7 +131,7 @@ async def test_slow_headers_and_body_are_cut_off(start_gateway) -> None:  # type
 async def test_client_that_stops_reading_is_dropped(
     start_gateway, mock_upstream: Proc, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    """A client that stops reading is dropped after the write-stall timeout and the upstream cancelled."""
+    """A client that stops reading is dropped after the write-stall timeout; upstream cancelled."""
     config = write_config(tmp_path, mock_upstream.url)
     proc: Proc = start_gateway(
         "--config", str(config), env={"LLM_GATEWAY_WRITE_STALL_TIMEOUT": "1"}
@@ -173,7 +173,11 @@ async def test_full_upstream_pool_answers_503_at_once(
 
 
 def test_make_serve_streams_the_demo_model(tmp_path: Path) -> None:
-    """`make serve` starts the embedded default; `demo` streams; Ctrl-C stops it cleanly."""
+    """`make serve` starts the embedded default; `demo` streams; Ctrl-C stops it cleanly.
+
+    make itself dies of the SIGINT (exit -2) after its child exits; the gateway's own clean stop
+    is what the log shows.
+    """
     port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
@@ -195,4 +199,5 @@ def test_make_serve_streams_the_demo_model(tmp_path: Path) -> None:
         code = process.wait(30)
     log = log_path.read_text()
     assert "--upstream" in log and "embedded defaults" in log
-    assert code == 0, log
+    assert code in (0, -signal.SIGINT), log
+    assert '"msg":"stopped"' in log and "worker did not stop" not in log

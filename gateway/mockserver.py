@@ -1,0 +1,254 @@
+"""The mock upstream as an HTTP server (``llm-gateway mock-upstream``), recording what it saw.
+
+Tests read ``GET /_mock/stats`` and ``GET /_mock/requests`` to check what reached the upstream:
+how many requests, which completed, which the client abandoned (``disconnected``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import uvloop
+from aiohttp import web
+
+from gateway import mock
+
+MAX_RECORDS = 10_000
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the mock saw it."""
+
+    seq: int
+    path: str
+    model: str | None
+    stream: bool
+    body: dict[str, Any]
+    authorization: str | None
+    outcome: str = "in_flight"  # completed | disconnected | failed | stalled
+    events_sent: int = 0
+    completion_tokens_sent: int = 0
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+
+
+class MockState:
+    """The mock's defaults and its bounded record of requests."""
+
+    def __init__(self, defaults: mock.MockBehaviour) -> None:
+        self.defaults = defaults
+        self.requests: collections.deque[RecordedRequest] = collections.deque(maxlen=MAX_RECORDS)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._seq = 0
+
+    def begin(self, request: web.Request, body: dict[str, Any]) -> RecordedRequest:
+        self._seq += 1
+        record = RecordedRequest(
+            seq=self._seq,
+            path=request.path,
+            model=body.get("model") if isinstance(body.get("model"), str) else None,
+            stream=bool(body.get("stream")),
+            body=body,
+            authorization=request.headers.get("Authorization"),
+        )
+        self.requests.append(record)
+        self.counts["requests"] += 1
+        self.counts["in_flight"] += 1
+        return record
+
+    def end(self, record: RecordedRequest, outcome: str) -> None:
+        if record.ended is not None:
+            return
+        record.outcome = outcome
+        record.ended = time.time()
+        self.counts["in_flight"] -= 1
+        self.counts[outcome] += 1
+
+    def stats(self) -> dict[str, int]:
+        keys = ("requests", "completed", "disconnected", "failed", "stalled", "in_flight")
+        return {key: self.counts[key] for key in keys}
+
+    def reset(self) -> None:
+        self.requests.clear()
+        in_flight = self.counts["in_flight"]
+        self.counts.clear()
+        self.counts["in_flight"] = in_flight
+
+
+MOCK_STATE = web.AppKey("mock_state", MockState)
+
+
+def _error(status: int, message: str, param: str | None = None) -> web.Response:
+    error_type = {429: "rate_limit_error"}.get(status, "invalid_request_error")
+    if status >= 500:
+        error_type = "server_error"
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": None}}
+    return web.json_response(body, status=status)
+
+
+async def _completion(request: web.Request) -> web.StreamResponse:
+    """Chat completions and legacy completions, streamed or not."""
+    state = request.app[MOCK_STATE]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _error(400, "The request body is not valid JSON.")
+    if not isinstance(body, dict):
+        return _error(400, "The request body must be a JSON object.")
+    try:
+        behaviour = mock.behaviour_for(state.defaults, body, request.headers)
+    except ValueError as exc:
+        return _error(400, str(exc), "mock")
+    record = state.begin(request, body)
+    try:
+        return await _answer(request, body, behaviour, record)
+    except asyncio.CancelledError:
+        state.end(record, "disconnected")
+        raise
+    except ConnectionError:
+        state.end(record, "disconnected")
+        raise
+    finally:
+        state.end(record, "completed")
+
+
+async def _answer(
+    request: web.Request,
+    body: dict[str, Any],
+    behaviour: mock.MockBehaviour,
+    record: RecordedRequest,
+) -> web.StreamResponse:
+    state = request.app[MOCK_STATE]
+    chat = request.path.endswith("/chat/completions")
+    if behaviour.first_byte_delay:
+        await asyncio.sleep(behaviour.first_byte_delay)
+    if behaviour.fail_before_first_byte:
+        state.end(record, "failed")
+        assert request.transport is not None
+        request.transport.abort()
+        raise asyncio.CancelledError
+    if behaviour.fail_status is not None:
+        state.end(record, "failed")
+        failure = _error(behaviour.fail_status, f"mock failure {behaviour.fail_status}")
+        if behaviour.retry_after is not None:
+            failure.headers["Retry-After"] = f"{behaviour.retry_after:g}"
+        return failure
+    if not body.get("stream"):
+        answer = (
+            mock.chat_completion(body, behaviour) if chat else mock.text_completion(body, behaviour)
+        )
+        record.completion_tokens_sent = answer["usage"]["completion_tokens"]
+        return web.json_response(answer, dumps=lambda v: orjson.dumps(v).decode())
+    progress = mock.StreamProgress()
+    stream = (mock.chat_stream if chat else mock.completion_stream)(body, behaviour, progress)
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    try:
+        async for data in stream:
+            if behaviour.stall_after is not None and progress.events >= behaviour.stall_after:
+                record.outcome = "stalled"
+            await response.write(data)
+            record.events_sent = progress.events
+            record.completion_tokens_sent = progress.pieces
+    except mock.MockDisconnect:
+        record.events_sent = progress.events
+        record.completion_tokens_sent = progress.pieces
+        state.end(record, "failed")
+        assert request.transport is not None
+        request.transport.abort()
+    return response
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    state = request.app[MOCK_STATE]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _error(400, "The request body is not valid JSON.")
+    if not isinstance(body, dict) or body.get("input") is None:
+        return _error(400, "Missing required parameter: 'input'.", "input")
+    record = state.begin(request, body)
+    state.end(record, "completed")
+    return web.json_response(mock.embeddings(body))
+
+
+async def _models(request: web.Request) -> web.Response:
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": "mock"} for m in mock.MOCK_MODELS
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _requests(request: web.Request) -> web.Response:
+    records = [asdict(r) for r in request.app[MOCK_STATE].requests]
+    return web.json_response(records, dumps=lambda v: orjson.dumps(v).decode())
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[MOCK_STATE].stats())
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[MOCK_STATE].reset()
+    return web.json_response({"status": "reset"})
+
+
+def make_mock_app(defaults: mock.MockBehaviour = mock.DEFAULT_BEHAVIOUR) -> web.Application:
+    """The mock upstream's application."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[MOCK_STATE] = MockState(defaults)
+    app.router.add_post("/v1/chat/completions", _completion)
+    app.router.add_post("/v1/completions", _completion)
+    app.router.add_post("/v1/embeddings", _embeddings)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/_mock/requests", _requests)
+    app.router.add_get("/_mock/stats", _stats)
+    app.router.add_post("/_mock/reset", _reset)
+    return app
+
+
+async def start_mock_server(
+    host: str, port: int, defaults: mock.MockBehaviour = mock.DEFAULT_BEHAVIOUR
+) -> tuple[web.AppRunner, int]:
+    """Start the mock on (host, port); port 0 picks one. Returns the runner and the real port."""
+    runner = web.AppRunner(
+        make_mock_app(defaults), handler_cancellation=True, access_log=None, handle_signals=False
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=4096)
+    await site.start()
+    server = site._server
+    assert server is not None
+    sockets = getattr(server, "sockets", None) or []
+    actual = sockets[0].getsockname()[1] if sockets else port
+    return runner, int(actual)
+
+
+def run_mock(host: str, port: int, defaults: mock.MockBehaviour) -> None:
+    """Run the mock until SIGTERM or SIGINT (the ``llm-gateway mock-upstream`` command)."""
+
+    async def main() -> None:
+        runner, actual = await start_mock_server(host, port, defaults)
+        print(f"mock upstream listening on http://{host}:{actual}/v1", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
