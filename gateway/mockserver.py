@@ -164,6 +164,9 @@ async def _answer(
         state.end(record, "failed")
         assert request.transport is not None
         request.transport.abort()
+        return response
+    if behaviour.error_after is not None and progress.events > behaviour.error_after:
+        state.end(record, "failed")
     return response
 
 

@@ -1,0 +1,123 @@
+"""The mock upstream on a real port: stream shape, determinism, failure injection, records."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway import mock
+from gateway.mockserver import start_mock_server
+from tests.functional.client import chat_body, read_stream
+
+
+@pytest.fixture
+async def mock_url() -> AsyncIterator[str]:
+    runner, port = await start_mock_server("127.0.0.1", 0, mock.MockBehaviour(chunks=8))
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def get_json(url: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.json()
+
+
+async def test_stream_shape_and_usage(mock_url: str) -> None:
+    """Role chunk, one chunk per piece, finish chunk, usage only when asked, then [DONE]."""
+    body = chat_body("mock-gpt")
+    plain = await read_stream(mock_url + "/v1/chat/completions", body)
+    events = plain.json_events()
+    assert plain.done and len(events) == 8 + 2
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    defaults = mock.MockBehaviour(chunks=8)
+    assert plain.text() == mock.expected_text(body, defaults)
+    with_usage = await read_stream(
+        mock_url + "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}}
+    )
+    usage_event = with_usage.json_events()[-1]
+    assert usage_event["choices"] == []
+    assert usage_event["usage"]["completion_tokens"] == 8
+
+
+async def test_same_request_same_answer(mock_url: str) -> None:
+    """The answer depends only on model, messages and seed."""
+    first = await read_stream(mock_url + "/v1/chat/completions", chat_body("m"))
+    second = await read_stream(mock_url + "/v1/chat/completions", chat_body("m"))
+    other = await read_stream(mock_url + "/v1/chat/completions", chat_body("m", seed=5))
+    assert first.text() == second.text() != other.text()
+
+
+@pytest.mark.parametrize(
+    ("override", "events", "outcome"),
+    [({"die_after": 3}, 3, "failed"), ({"error_after": 3}, 4, "failed")],
+)
+async def test_mid_stream_failures(
+    mock_url: str, override: dict[str, int], events: int, outcome: str
+) -> None:
+    """die_after cuts the connection after N events; error_after sends an error event."""
+    result = await read_stream(mock_url + "/v1/chat/completions", chat_body(mock=override))
+    assert len(result.data) == events and not result.done
+    records = await get_json(mock_url + "/_mock/requests")
+    assert records[-1]["outcome"] == outcome
+
+
+async def test_fail_status_with_retry_after_and_header_overrides(mock_url: str) -> None:
+    """fail_status answers that status with an OpenAI error; headers override too."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            mock_url + "/v1/chat/completions",
+            json=chat_body(mock={"fail_status": 429, "retry_after": 2}),
+        ) as response:
+            assert response.status == 429
+            assert response.headers["Retry-After"] == "2"
+            assert (await response.json())["error"]["type"] == "rate_limit_error"
+        async with session.post(
+            mock_url + "/v1/chat/completions",
+            json=chat_body(stream=False),
+            headers={"X-Mock-Chunks": "3"},
+        ) as response:
+            answer = await response.json()
+            assert answer["usage"]["completion_tokens"] == 3
+
+
+async def test_invalid_override_is_a_400_naming_mock(mock_url: str) -> None:
+    """An unknown or bad override is refused with an OpenAI-shaped 400."""
+    async with aiohttp.ClientSession() as session:
+        for bad in ({"chunkz": 1}, {"delay": -1}, {"chunks": "many"}):
+            async with session.post(
+                mock_url + "/v1/chat/completions", json=chat_body(mock=bad)
+            ) as response:
+                assert response.status == 400
+                assert (await response.json())["error"]["param"] == "mock"
+
+
+async def test_fail_before_first_byte_drops_the_connection(mock_url: str) -> None:
+    """The connection closes with no response at all."""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await session.post(
+                mock_url + "/v1/chat/completions",
+                json=chat_body(mock={"fail_before_first_byte": True}),
+            )
+
+
+async def test_embeddings_models_and_stats(mock_url: str) -> None:
+    """Embeddings are unit vectors; models are listed; stats count what happened."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            mock_url + "/v1/embeddings",
+            json={"model": "mock-embed", "input": ["a", "b"], "dimensions": 4},
+        ) as response,
+    ):
+        data = (await response.json())["data"]
+    assert len(data) == 2 and len(data[0]["embedding"]) == 4
+    assert abs(sum(v * v for v in data[0]["embedding"]) - 1) < 1e-9
+    models = await get_json(mock_url + "/v1/models")
+    assert {m["id"] for m in models["data"]} == set(mock.MOCK_MODELS)
+    stats = await get_json(mock_url + "/_mock/stats")
+    assert stats["requests"] == 1 and stats["completed"] == 1 and stats["in_flight"] == 0
