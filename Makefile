@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+LINTED := gateway tests $(wildcard benchmarks/*.py)
+
 .PHONY: serve test lint bench clean venv
 
 $(STAMP): pyproject.toml
@@ -17,16 +19,13 @@ venv: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/llm-gateway serve $(ARGS)
 
-test: $(STAMP)
+test: lint
 	bin/ensure-redis
-	$(BIN)/ruff check gateway tests benchmarks
-	$(BIN)/ruff format --check gateway tests benchmarks
-	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests benchmarks
-	$(BIN)/ruff format --check gateway tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
 bench: $(STAMP)
