@@ -37,6 +37,8 @@ KEEPALIVE_COMMENT = encode_comment(b"keep-alive")
 DONE_EVENT = b"data: [DONE]\n\n"
 # Below this many bytes queued in the transport a write cannot block, so it needs no timer.
 STALL_CHECK_BYTES = 32 * 1024
+# At most this many already-arrived 512-byte chunks are relayed in one write (16 KiB in all).
+COALESCE_CHUNKS = 31
 
 
 class Termination(enum.Enum):
@@ -256,12 +258,14 @@ class _Relay:
                 continue
             if not chunk:
                 raise UpstreamProtocolError("The upstream ended the stream before [DONE].")
-            try:
-                events = self.parser.feed(chunk)
-            except EventTooLarge as exc:
-                raise UpstreamProtocolError(
-                    f"The upstream sent an oversized event: {exc}"
-                ) from None
+            events = self._parse(chunk)
+            # Take the chunks that have already arrived too, so that they share one write; none of
+            # them waits for I/O, so no complete event is held back.
+            for _ in range(COALESCE_CHUNKS):
+                more = upstream.read_buffered()
+                if not more:
+                    break
+                events.extend(self._parse(more))
             if not events:
                 continue
             last_event = self.loop.time()
@@ -271,6 +275,12 @@ class _Relay:
             await self._write(payload)
             if finished:
                 return
+
+    def _parse(self, chunk: bytes) -> list[SSEEvent]:
+        try:
+            return self.parser.feed(chunk)
+        except EventTooLarge as exc:
+            raise UpstreamProtocolError(f"The upstream sent an oversized event: {exc}") from None
 
     def _frame(self, events: list[SSEEvent]) -> tuple[bytes, bool]:
         """Re-frame whole events as canonical SSE bytes; True once the stream is over."""

@@ -37,6 +37,10 @@ class UpstreamResponse(Protocol):
         """Up to 512 bytes of what has arrived; b"" at the end of the body."""
         ...
 
+    def read_buffered(self) -> bytes:
+        """Up to 512 bytes that have already arrived, without waiting; b"" when there are none."""
+        ...
+
     async def read_body(self, limit: int) -> bytes:
         """The whole body, refusing one larger than ``limit`` bytes."""
         ...
@@ -106,6 +110,14 @@ class HttpUpstreamResponse:
     async def read_chunk(self) -> bytes:
         try:
             return await self._response.content.read(READ_CHUNK_BYTES)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise UpstreamProtocolError(
+                "The upstream closed the connection in the middle of the response."
+            ) from exc
+
+    def read_buffered(self) -> bytes:
+        try:
+            return self._response.content.read_nowait(READ_CHUNK_BYTES)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise UpstreamProtocolError(
                 "The upstream closed the connection in the middle of the response."

@@ -46,6 +46,9 @@ class ScriptedResponse:
             raise step.error
         return step.data
 
+    def read_buffered(self) -> bytes:
+        return b""
+
     async def read_body(self, limit: int) -> bytes:
         return b"".join(step.data for step in self._steps)
 

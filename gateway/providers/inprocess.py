@@ -31,7 +31,7 @@ class InProcessResponse:
     relay's keep-alive timer does that) without killing the generator, as a socket read would not.
     """
 
-    __slots__ = ("_body", "_producer", "_queue", "_release", "content_type", "status")
+    __slots__ = ("_body", "_ended", "_producer", "_queue", "_release", "content_type", "status")
 
     def __init__(
         self,
@@ -46,6 +46,7 @@ class InProcessResponse:
         self._release: Callable[[], None] | None = release
         self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
         self._producer: asyncio.Task[None] | None = None
+        self._ended = False
         if chunks is not None:
             self._producer = asyncio.create_task(self._produce(chunks))
 
@@ -65,9 +66,24 @@ class InProcessResponse:
         if self._producer is None:
             body, self._body = self._body, b""
             return body
-        item = await self._queue.get()
+        if self._ended:
+            return b""
+        return self._take(await self._queue.get())
+
+    def read_buffered(self) -> bytes:
+        if self._producer is None or self._ended:
+            return b""
+        try:
+            return self._take(self._queue.get_nowait())
+        except asyncio.QueueEmpty:
+            return b""
+
+    def _take(self, item: bytes | BaseException) -> bytes:
         if isinstance(item, BaseException):
+            self._ended = True
             raise item
+        if not item:
+            self._ended = True
         return item
 
     async def read_body(self, limit: int) -> bytes:
