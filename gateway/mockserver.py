@@ -33,6 +33,7 @@ class RecordedRequest:
     stream: bool
     body: dict[str, Any]
     authorization: str | None
+    client_port: int | None = None  # the same port twice means a reused connection
     outcome: str = "in_flight"  # completed | disconnected | failed | stalled
     events_sent: int = 0
     completion_tokens_sent: int = 0
@@ -58,6 +59,7 @@ class MockState:
             stream=bool(body.get("stream")),
             body=body,
             authorization=request.headers.get("Authorization"),
+            client_port=_client_port(request),
         )
         self.requests.append(record)
         self.counts["requests"] += 1
@@ -84,6 +86,11 @@ class MockState:
 
 
 MOCK_STATE = web.AppKey("mock_state", MockState)
+
+
+def _client_port(request: web.Request) -> int | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return int(peer[1]) if peer else None
 
 
 def _error(status: int, message: str, param: str | None = None) -> web.Response:

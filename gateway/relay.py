@@ -147,13 +147,14 @@ async def relay_stream(
         return await relay.run(handle, opening)
     finally:
         if relay.upstream is not None:
-            relay.upstream.close()
+            relay.upstream.close(complete=relay.finished)
         live.discard(handle)
 
 
 class _Relay:
     __slots__ = (
         "deployment",
+        "finished",
         "last_write",
         "loop",
         "outcome",
@@ -183,6 +184,7 @@ class _Relay:
         self.loop = asyncio.get_running_loop()
         self.response: web.StreamResponse | None = None
         self.last_write = self.loop.time()
+        self.finished = False  # [DONE] was relayed
 
     async def run(
         self, handle: StreamHandle, opening: Awaitable[UpstreamResponse]
@@ -289,6 +291,7 @@ class _Relay:
             data = event.data
             if data == DONE:
                 parts.append(DONE_EVENT)
+                self.finished = True
                 return b"".join(parts), True
             self.outcome.events += 1
             if event.event is None and event.id is None and b"\n" not in data:

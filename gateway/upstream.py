@@ -45,8 +45,12 @@ class UpstreamResponse(Protocol):
         """The whole body, refusing one larger than ``limit`` bytes."""
         ...
 
-    def close(self) -> None:
-        """Release the response; an unfinished one aborts its connection (the upstream sees it)."""
+    def close(self, *, complete: bool = False) -> None:
+        """Release the response; an unfinished one aborts its connection (the upstream sees it).
+
+        ``complete``: the body was read to its logical end ([DONE]), so the connection may be
+        kept for reuse once its transport-level end arrives.
+        """
         ...
 
 
@@ -133,7 +137,7 @@ class HttpUpstreamResponse:
                 )
         return bytes(body)
 
-    def close(self) -> None:
+    def close(self, *, complete: bool = False) -> None:
         if self._lease is None:
             return
         self._lease.release()
@@ -141,8 +145,30 @@ class HttpUpstreamResponse:
         # A finished response goes back to the pool; an unfinished one must not be reused.
         if self._response.content.at_eof():
             self._response.release()
+        elif complete:
+            # After [DONE] the chunked terminator is usually a packet behind: wait for it in the
+            # background rather than throw away a warm connection.
+            task = asyncio.get_running_loop().create_task(_release_at_eof(self._response))
+            _releasing.add(task)
+            task.add_done_callback(_releasing.discard)
         else:
             self._response.close()
+
+
+_releasing: set[asyncio.Task[None]] = set()
+RELEASE_WAIT_SECONDS = 1.0
+
+
+async def _release_at_eof(response: aiohttp.ClientResponse) -> None:
+    """Read what follows a stream's last event, then give the connection back to the pool."""
+    try:
+        async with asyncio.timeout(RELEASE_WAIT_SECONDS):
+            while await response.content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        response.close()
+        return
+    response.release()
 
 
 class UpstreamPool:

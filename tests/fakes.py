@@ -52,7 +52,7 @@ class ScriptedResponse:
     async def read_body(self, limit: int) -> bytes:
         return b"".join(step.data for step in self._steps)
 
-    def close(self) -> None:
+    def close(self, *, complete: bool = False) -> None:
         self.closed = True
 
 

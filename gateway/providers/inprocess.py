@@ -89,7 +89,7 @@ class InProcessResponse:
     async def read_body(self, limit: int) -> bytes:
         return self._body
 
-    def close(self) -> None:
+    def close(self, *, complete: bool = False) -> None:
         if self._producer is not None:
             self._producer.cancel()
         if self._release is not None:

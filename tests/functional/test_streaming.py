@@ -100,3 +100,17 @@ async def test_several_workers_share_the_port(start_gateway, workers: int) -> No
     ]
     assert all(r.done for r in results)
     assert proc.log().count("worker ready") == workers
+
+
+async def test_upstream_connection_is_reused_after_a_stream(gateway_on_mock: Proc) -> None:
+    """A stream that ended cleanly returns its upstream connection to the pool for the next one."""
+    for _ in range(3):
+        assert (
+            await read_stream(gateway_on_mock.url + "/v1/chat/completions", chat_body("mock-gpt"))
+        ).done
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gateway_on_mock.extra["mock_url"] + "/_mock/requests") as response,
+    ):
+        ports = {r["client_port"] for r in await response.json()}
+    assert len(ports) == 1
