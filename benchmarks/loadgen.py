@@ -2,8 +2,8 @@
 
 No HTTP library parses the responses: a keep-alive connection sends a request, finds the end of
 the headers, then either counts Content-Length bytes or scans a chunked body for ``data: ``
-(events) and the terminating zero-length chunk. That keeps the client far cheaper per event than the servers it
-measures, which the direct-to-mock column checks.
+(events) and the terminating zero-length chunk. That keeps the client far cheaper per event than
+the servers it measures, which the direct-to-mock column checks.
 """
 
 from __future__ import annotations
