@@ -90,6 +90,36 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Where keys and usage are kept: a SQLite file, or Redis when ``redis_url`` is set."""
+
+    path: str = "var/llm-gateway.sqlite3"
+    redis_url: str | None = field(default=None, repr=False)
+    redis_prefix: str = "llmgw"
+    timeout: float = 2.0
+    configured: bool = False  # set explicitly (file or environment) rather than the default
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSettings:
+    """The stats sidecar: flush every ``flush_interval`` s or ``flush_events`` events."""
+
+    flush_interval: float = 5.0
+    flush_events: int = 100
+    buffer_size: int = 1000
+    max_pending_batches: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """API-key authentication. ``auto``: on once a store is configured or any key exists."""
+
+    mode: str = "auto"
+    master_key: str | None = field(default=None, repr=False)
+    cache_ttl: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration of one gateway instance."""
 
@@ -97,6 +127,9 @@ class Config:
     deployments: Mapping[str, Deployment]
     models: Mapping[str, ModelRoute]
     source: str = "embedded defaults"
+    store: StoreSettings = StoreSettings()
+    stats: StatsSettings = StatsSettings()
+    auth: AuthSettings = AuthSettings()
 
     @property
     def embedded_demo(self) -> bool:
@@ -115,7 +148,13 @@ class Config:
 # -- loading -------------------------------------------------------------------------------------
 
 _SERVER_KEYS = {f.name for f in dataclasses.fields(ServerSettings)}
-_TOP_LEVEL_KEYS = {"server", "deployments", "models"}
+_TOP_LEVEL_KEYS = {"server", "deployments", "models", "store", "stats", "auth"}
+# Short environment names for settings people set most: LLM_GATEWAY_REDIS_URL and so on.
+_ENV_ALIASES = {
+    "redis_url": ["store", "redis_url"],
+    "master_key": ["auth", "master_key"],
+}
+_RAW_STRING_KEYS = {"redis_url", "master_key", "api_key", "path"}
 _DEPLOYMENT_KEYS = {"base_url", "api_key", "models", "timeouts", "max_connections", "weight"}
 _ROUTE_KEYS = {"deployments", "upstream_model"}
 
@@ -178,12 +217,14 @@ def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or not text:
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if parts[0] not in _TOP_LEVEL_KEYS:
+        if len(parts) == 1 and parts[0] in _ENV_ALIASES:
+            parts = list(_ENV_ALIASES[parts[0]])
+        elif parts[0] not in _TOP_LEVEL_KEYS:
             if parts[0] not in _SERVER_KEYS:
                 continue  # other LLM_GATEWAY_* variables (secrets, test knobs) are not settings
             parts.insert(0, "server")
         try:
-            value = yaml.safe_load(text)
+            value = text if parts[-1] in _RAW_STRING_KEYS else yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"environment {name}: not a valid value: {exc}") from exc
         node = layer
@@ -212,7 +253,66 @@ def _build(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> C
         for name, spec in deployments_raw.items()
     }
     models = _build_models(_mapping(raw.get("models", {}), "models", source), deployments, source)
-    return Config(server=server, deployments=deployments, models=models, source=source)
+    return Config(
+        server=server,
+        deployments=deployments,
+        models=models,
+        source=source,
+        store=_build_store(_mapping(raw.get("store", {}), "store", source), source, environ),
+        stats=_build_stats(_mapping(raw.get("stats", {}), "stats", source), source),
+        auth=_build_auth(_mapping(raw.get("auth", {}), "auth", source), source, environ),
+    )
+
+
+def _build_store(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> StoreSettings:
+    _reject_unknown(raw, {"path", "redis_url", "redis_prefix", "timeout"}, "store.", source)
+    values: dict[str, Any] = {"configured": bool(raw)}
+    if "path" in raw:
+        values["path"] = _string(raw["path"], "store.path", source)
+    if raw.get("redis_url") is not None:
+        url = _secret(raw["redis_url"], "store.redis_url", source, environ)
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"{source}: store.redis_url: must start with redis://, rediss:// or unix://"
+            )
+        values["redis_url"] = url
+    if "redis_prefix" in raw:
+        values["redis_prefix"] = _string(raw["redis_prefix"], "store.redis_prefix", source)
+    if "timeout" in raw:
+        values["timeout"] = _positive(raw["timeout"], "store.timeout", source)
+    return StoreSettings(**values)
+
+
+def _build_stats(raw: Mapping[str, Any], source: str) -> StatsSettings:
+    known = {"flush_interval", "flush_events", "buffer_size", "max_pending_batches"}
+    _reject_unknown(raw, known, "stats.", source)
+    values: dict[str, Any] = {}
+    if "flush_interval" in raw:
+        values["flush_interval"] = _positive(raw["flush_interval"], "stats.flush_interval", source)
+    for key in ("flush_events", "buffer_size", "max_pending_batches"):
+        if key in raw:
+            values[key] = _integer(raw[key], f"stats.{key}", source, minimum=1)
+    return StatsSettings(**values)
+
+
+MIN_MASTER_KEY_LENGTH = 32
+
+
+def _build_auth(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> AuthSettings:
+    _reject_unknown(raw, {"mode", "master_key", "cache_ttl"}, "auth.", source)
+    values: dict[str, Any] = {}
+    if "mode" in raw:
+        mode = raw["mode"]
+        if mode is True or mode is False:
+            mode = "on" if mode else "off"
+        if mode not in {"auto", "on", "off"}:
+            raise ConfigError(f"{source}: auth.mode: must be auto, on or off, got {_shown(mode)}")
+        values["mode"] = mode
+    if raw.get("master_key") is not None:
+        values["master_key"] = _secret(raw["master_key"], "auth.master_key", source, environ)
+    if "cache_ttl" in raw:
+        values["cache_ttl"] = _positive(raw["cache_ttl"], "auth.cache_ttl", source)
+    return AuthSettings(**values)
 
 
 def _build_server(raw: Mapping[str, Any], source: str) -> ServerSettings:

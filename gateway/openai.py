@@ -40,10 +40,15 @@ class ParsedRequest:
     client_wants_usage: bool
 
     def upstream_body(self, upstream_model: str) -> bytes:
-        """The body sent upstream: the client's body with the upstream model name."""
-        if upstream_model == self.model:
-            return orjson.dumps(self.body)
-        return orjson.dumps({**self.body, "model": upstream_model})
+        """The body sent upstream: the client's, with the upstream model name, and asking a
+        stream for its usage chunk (stripped again for clients that did not ask for it)."""
+        body = self.body
+        if upstream_model != self.model:
+            body = {**body, "model": upstream_model}
+        if self.stream and not self.client_wants_usage:
+            options = body.get("stream_options") or {}
+            body = {**body, "stream_options": {**options, "include_usage": True}}
+        return orjson.dumps(body)
 
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -211,3 +216,74 @@ def _in_range(low: float, high: float) -> Callable[[Any], bool]:
 def _type_name(value: Any) -> str:
     names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
     return names.get(type(value), "object" if isinstance(value, dict) else type(value).__name__)
+
+
+# -- usage accounting -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens of one request; ``exact`` when the upstream reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    exact: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+_USAGE_MARK = b'"usage":{'
+_CONTENT_MARKS = (b'"content":"', b'"text":"', b'"arguments":"')
+_EMPTY_MARKS = (b'"content":""', b'"text":""', b'"arguments":""')
+
+
+def usage_in_event(data: bytes) -> tuple[Usage | None, bool]:
+    """The usage an event carries (None for almost every event) and whether it is usage-only.
+
+    A bytes search first, so the JSON of an ordinary content event is never parsed.
+    """
+    if _USAGE_MARK not in data:
+        return None, False
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, False
+    usage = _usage_object(event)
+    if usage is None:
+        return None, False
+    return usage, isinstance(event, dict) and event.get("choices") == []
+
+
+def carries_content(data: bytes) -> bool:
+    """Whether a stream event delivers generated text (one streamed chunk is about one token)."""
+    for mark, empty in zip(_CONTENT_MARKS, _EMPTY_MARKS, strict=True):
+        if mark in data and empty not in data:
+            return True
+    return False
+
+
+def usage_in_body(body: bytes) -> Usage | None:
+    """The usage of a non-streaming answer."""
+    try:
+        return _usage_object(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _usage_object(answer: Any) -> Usage | None:
+    if not isinstance(answer, dict) or not isinstance(answer.get("usage"), dict):
+        return None
+    usage = answer["usage"]
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens", 0)
+    if not _is_int(prompt) or not _is_int(completion):
+        return None
+    return Usage(prompt, completion, exact=True)
+
+
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """About four characters a token: the estimate used when the upstream reported nothing."""
+    source = body.get("messages", body.get("prompt", body.get("input", "")))
+    return max(1, len(orjson.dumps(source)) // 4)

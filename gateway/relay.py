@@ -25,6 +25,7 @@ from gateway.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from gateway.openai import Usage, carries_content, usage_in_event
 from gateway.sse import DONE, EventTooLarge, SSEEvent, SSEParser, encode_comment, encode_event
 from gateway.upstream import UpstreamResponse
 
@@ -58,6 +59,8 @@ class StreamOutcome:
 
     termination: Termination = Termination.COMPLETED
     events: int = 0
+    content_events: int = 0  # events that delivered text: the completion-token estimate
+    usage: Usage | None = None  # as reported by the upstream's usage chunk
     first_event_at: float | None = None
     error: GatewayError | None = None
 
@@ -133,12 +136,13 @@ async def relay_stream(
     live: LiveStreams,
     started: float,
     outcome: StreamOutcome,
+    strip_usage: bool = False,
 ) -> web.StreamResponse:
     """Open the upstream stream (``opening``), relay it to the client, return the finished response.
 
     Raises a GatewayError only while no header has been sent; ``outcome`` says how it ended.
     """
-    relay = _Relay(request, deployment, settings, started, outcome)
+    relay = _Relay(request, deployment, settings, started, outcome, strip_usage)
     task = asyncio.current_task()
     assert task is not None
     handle = StreamHandle(task)
@@ -163,6 +167,7 @@ class _Relay:
         "response",
         "settings",
         "started",
+        "strip_usage",
         "upstream",
     )
 
@@ -173,8 +178,10 @@ class _Relay:
         settings: ServerSettings,
         started: float,
         outcome: StreamOutcome,
+        strip_usage: bool,
     ) -> None:
         self.request = request
+        self.strip_usage = strip_usage
         self.upstream: UpstreamResponse | None = None
         self.deployment = deployment
         self.settings = settings
@@ -293,6 +300,14 @@ class _Relay:
                 parts.append(DONE_EVENT)
                 self.finished = True
                 return b"".join(parts), True
+            if carries_content(data):
+                self.outcome.content_events += 1
+            if b'"usage":{' in data:
+                usage, usage_only = usage_in_event(data)
+                if usage is not None:
+                    self.outcome.usage = usage
+                    if usage_only and self.strip_usage:
+                        continue  # injected for accounting; the client did not ask for it
             self.outcome.events += 1
             if event.event is None and event.id is None and b"\n" not in data:
                 parts.append(b"data: " + data + b"\n\n")

@@ -1,0 +1,133 @@
+"""Prometheus metrics, correct with several worker processes.
+
+The supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before it starts a worker, so every worker records
+into files there and ``/metrics`` on any worker sums them all (prometheus_client's multiprocess
+mode: counters summed, live gauges ``livesum``, dead workers marked by the supervisor). Without that
+variable (a single in-process app, as in unit tests) the default registry is used.
+
+Names follow Prometheus conventions with the ``llm_gateway_`` prefix. Nothing here is called per
+event: the relay observes once per write, everything else once per request or per flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+REQUESTS = Counter(
+    "llm_gateway_requests_total",
+    "Requests answered, by route, model and status.",
+    ["route", "model", "status"],
+)
+TIME_TO_FIRST_BYTE = Histogram(
+    "llm_gateway_time_to_first_byte_seconds",
+    "Time from the request to the first byte of the answer, by model.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+REQUEST_DURATION = Histogram(
+    "llm_gateway_request_duration_seconds",
+    "Time from the request to the end of its answer.",
+    ["route", "model"],
+    buckets=_DURATION_BUCKETS,
+)
+INTER_EVENT = Histogram(
+    "llm_gateway_inter_event_seconds",
+    "Time between two writes of a stream to its client (inter-token latency), by model.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+PROMPT_TOKENS = Counter(
+    "llm_gateway_prompt_tokens_total", "Prompt tokens, by model and key.", ["model", "key"]
+)
+COMPLETION_TOKENS = Counter(
+    "llm_gateway_completion_tokens_total", "Completion tokens, by model and key.", ["model", "key"]
+)
+CACHE_LOOKUPS = Counter(
+    "llm_gateway_cache_lookups_total", "Response cache lookups, by result (hit, miss).", ["result"]
+)
+ACTIVE_STREAMS = Gauge(
+    "llm_gateway_active_streams", "Streams being relayed now.", multiprocess_mode="livesum"
+)
+UPSTREAM_IN_FLIGHT = Gauge(
+    "llm_gateway_upstream_in_flight",
+    "Upstream requests in flight, by deployment.",
+    ["deployment"],
+    multiprocess_mode="livesum",
+)
+UPSTREAM_CAPACITY = Gauge(
+    "llm_gateway_upstream_capacity",
+    "Upstream connection limit, by deployment (per worker).",
+    ["deployment"],
+    multiprocess_mode="livesum",
+)
+UPSTREAM_ERRORS = Counter(
+    "llm_gateway_upstream_errors_total",
+    "Upstream failures, by deployment and error code.",
+    ["deployment", "code"],
+)
+STREAM_TERMINATIONS = Counter(
+    "llm_gateway_stream_terminations_total", "Ended streams, by cause.", ["cause"]
+)
+STATS_PUBLISHED = Counter(
+    "llm_gateway_stats_events_published_total", "Stats events published by requests."
+)
+STATS_FLUSHED = Counter(
+    "llm_gateway_stats_events_flushed_total", "Stats events written to the store."
+)
+STATS_DROPPED = Counter(
+    "llm_gateway_stats_events_dropped_total", "Stats events lost because a buffer was full."
+)
+STATS_FLUSH_FAILURES = Counter(
+    "llm_gateway_stats_flush_failures_total", "Flushes that failed and will be retried."
+)
+STATS_FLUSH_DURATION = Histogram(
+    "llm_gateway_stats_flush_duration_seconds",
+    "Time to write one batch to the store.",
+    buckets=_LATENCY_BUCKETS,
+)
+STATS_BUFFERED = Gauge(
+    "llm_gateway_stats_events_buffered",
+    "Stats events waiting to be flushed.",
+    multiprocess_mode="livesum",
+)
+STATS_FLUSH_LAG = Gauge(
+    "llm_gateway_stats_flush_lag_seconds",
+    "Age of the oldest stats event not yet in the store.",
+    multiprocess_mode="max",
+)
+
+
+def _render() -> bytes:
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+async def exposition() -> tuple[bytes, str]:
+    """The text exposition and its content type; file reads happen off the event loop."""
+    return await asyncio.to_thread(_render), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Tell the multiprocess collector a worker is gone, so its live gauges stop counting."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,132 @@
+"""One stats event and the metrics for every /v1 request, whatever happened to it.
+
+The middleware sits outside error rendering, so it sees the final status of every request,
+including rejected ones, and its ``finally`` also runs when a client disconnect cancels the handler.
+Handlers fill in a :class:`RequestRecord` as they learn the model, the deployment and the tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway import metrics
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.logs import REQUEST_ID
+from gateway.openai import Usage, estimate_prompt_tokens
+from gateway.relay import StreamOutcome
+from gateway.stats import ANONYMOUS_KEY, StatsEvent, StatsSidecar
+from gateway.web.auth import API_KEY
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What a handler learned about its request, for the one stats event at the end."""
+
+    started: float
+    ts: float
+    model: str | None = None
+    deployment: str | None = None
+    body: dict[str, Any] | None = None
+    usage: Usage | None = None  # a non-streaming answer's usage
+    stream: StreamOutcome | None = None
+    answered_at: float | None = None  # when a non-streaming answer came back
+    error: GatewayError | None = None
+    cache_hit: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+RECORD = web.RequestKey("request_record", RequestRecord)
+SIDECAR = web.AppKey("stats_sidecar", StatsSidecar)
+
+
+@web.middleware
+async def accounting_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Publish exactly one stats event per /v1 POST, and its metrics."""
+    if request.method != "POST" or not request.path.startswith("/v1/"):
+        return await handler(request)
+    loop = asyncio.get_running_loop()
+    record = RequestRecord(started=loop.time(), ts=time.time())
+    request[RECORD] = record
+    status = 499  # the client went away before an answer
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        event = _event(request, record, status, loop.time())
+        request.app[SIDECAR].publish(event)
+        _observe(request.path, record, event)
+
+
+def _event(request: web.Request, record: RequestRecord, status: int, now: float) -> StatsEvent:
+    key = request.get(API_KEY)
+    outcome = record.stream
+    usage = record.usage or (outcome.usage if outcome else None)
+    if usage is None:
+        usage = _estimate(record, status)
+    first = outcome.first_event_at if outcome else record.answered_at
+    return StatsEvent(
+        request_id=request.get(REQUEST_ID, ""),
+        key_id=key.id if key else ANONYMOUS_KEY,
+        model=record.model or "unknown",
+        deployment=record.deployment,
+        route=request.path,
+        status=status,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        tokens_exact=usage.exact,
+        cache_hit=record.cache_hit,
+        latency_ms=(now - record.started) * 1000,
+        ttfb_ms=None if first is None else (first - record.started) * 1000,
+        termination=_termination(record, status),
+        ts=record.ts,
+    )
+
+
+def _estimate(record: RequestRecord, status: int) -> Usage:
+    """Tokens when the upstream reported none: zero if nothing was generated, else an estimate."""
+    delivered = record.stream.content_events if record.stream else 0
+    if record.body is None or (delivered == 0 and (status >= 400 or record.deployment is None)):
+        return Usage(0, 0, exact=True)
+    return Usage(estimate_prompt_tokens(record.body), delivered, exact=False)
+
+
+def _termination(record: RequestRecord, status: int) -> str:
+    if record.stream is not None:
+        return record.stream.termination.value
+    if status == 499:
+        return "client_disconnect"
+    if status < 400:
+        return "completed"
+    error = record.error
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamError):
+        return "upstream_error"
+    return "rejected" if status < 500 or status == 503 else "error"
+
+
+def _observe(route: str, record: RequestRecord, event: StatsEvent) -> None:
+    model = event.model
+    metrics.REQUESTS.labels(route, model, str(event.status)).inc()
+    metrics.REQUEST_DURATION.labels(route, model).observe(event.latency_ms / 1000)
+    if event.ttfb_ms is not None:
+        metrics.TIME_TO_FIRST_BYTE.labels(model).observe(event.ttfb_ms / 1000)
+    if event.prompt_tokens:
+        metrics.PROMPT_TOKENS.labels(model, event.key_id).inc(event.prompt_tokens)
+    if event.completion_tokens:
+        metrics.COMPLETION_TOKENS.labels(model, event.key_id).inc(event.completion_tokens)
+    if record.stream is not None:
+        metrics.STREAM_TERMINATIONS.labels(event.termination).inc()
+    if isinstance(record.error, UpstreamError) and record.deployment:
+        metrics.UPSTREAM_ERRORS.labels(record.deployment, record.error.code or "error").inc()
+    elif record.stream is not None and isinstance(record.stream.error, UpstreamError):
+        metrics.UPSTREAM_ERRORS.labels(
+            record.deployment or "unknown", record.stream.error.code or "error"
+        ).inc()

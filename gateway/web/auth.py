@@ -1,0 +1,103 @@
+"""Authentication of /v1 requests by API key, and of /admin requests by the master key.
+
+Key lookups are cached in-process for ``auth.cache_ttl`` seconds (5 by default), so a revocation
+takes effect within that time on every worker; unknown keys are cached for at most one second.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.config import AuthSettings, StoreSettings
+from gateway.errors import AuthenticationError
+from gateway.keys import check_usable, hash_key, invalid_key, looks_like_key
+from gateway.store.base import KeyRecord, Store
+
+API_KEY = web.RequestKey("api_key", KeyRecord)
+CACHE_ENTRIES = 10_000
+NEGATIVE_TTL = 1.0
+
+
+class Authenticator:
+    """Decides whether auth is on and resolves presented keys, through a small TTL cache."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: AuthSettings,
+        store_settings: StoreSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._store_configured = store_settings.configured
+        self._clock = clock
+        self._cache: collections.OrderedDict[str, tuple[float, KeyRecord | None]] = (
+            collections.OrderedDict()
+        )
+        self._required: tuple[float, bool] | None = None
+
+    async def required(self) -> bool:
+        """Whether /v1 needs a key: on, off, or (auto) once a store is set up or a key exists."""
+        if self._settings.mode != "auto":
+            return self._settings.mode == "on"
+        if self._store_configured:
+            return True
+        now = self._clock()
+        if self._required is None or self._required[0] <= now:
+            has_keys = await self._store.count_keys() > 0
+            self._required = (now + self._settings.cache_ttl, has_keys)
+        return self._required[1]
+
+    async def authenticate(self, presented: str | None) -> KeyRecord:
+        """The usable key record for the presented key; the identical 401 for anything else."""
+        if not presented or not looks_like_key(presented):
+            raise invalid_key()
+        digest = hash_key(presented)
+        now = self._clock()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            record = cached[1]
+        else:
+            record = await self._store.key_by_hash(digest)
+            ttl = self._settings.cache_ttl if record is not None else NEGATIVE_TTL
+            self._cache[digest] = (now + ttl, record)
+            self._cache.move_to_end(digest)
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return check_usable(record, time.time())
+
+
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The key from ``Authorization: Bearer`` or ``x-api-key`` (as Anthropic clients send it)."""
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Require a usable key on /v1 routes when auth is on; the key record goes on the request."""
+    if request.path.startswith("/v1/") and request.method != "OPTIONS":
+        authenticator = request.app[AUTHENTICATOR]
+        if await authenticator.required():
+            request[API_KEY] = await authenticator.authenticate(presented_key(request))
+    return await handler(request)
+
+
+def check_master_key(request: web.Request, master_key: str | None) -> None:
+    """401 unless the request carries the master key (admin routes)."""
+    given = presented_key(request) or ""
+    if master_key is None or not hmac.compare_digest(given.encode(), master_key.encode()):
+        raise AuthenticationError("The admin API needs the master key as a Bearer token.")
