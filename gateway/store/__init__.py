@@ -19,7 +19,9 @@ def make_store(settings: StoreSettings) -> Store:
     if settings.redis_url:
         from gateway.store.redis import RedisStore
 
-        return RedisStore(settings.redis_url, prefix=settings.redis_prefix, timeout=settings.timeout)
+        return RedisStore(
+            settings.redis_url, prefix=settings.redis_prefix, timeout=settings.timeout
+        )
     from gateway.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings.path)
