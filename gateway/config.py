@@ -97,7 +97,11 @@ class StoreSettings:
     redis_url: str | None = field(default=None, repr=False)
     redis_prefix: str = "llmgw"
     timeout: float = 2.0
-    configured: bool = False  # set explicitly (file or environment) rather than the default
+
+    @property
+    def shared(self) -> bool:
+        """A shared (Redis) store: the multi-instance mode, where auth is always on."""
+        return self.redis_url is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +116,7 @@ class StatsSettings:
 
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
-    """API-key authentication. ``auto``: on once a store is configured or any key exists."""
+    """API-key authentication. ``auto``: on with a shared (Redis) store or once any key exists."""
 
     mode: str = "auto"
     master_key: str | None = field(default=None, repr=False)
@@ -266,7 +270,7 @@ def _build(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> C
 
 def _build_store(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> StoreSettings:
     _reject_unknown(raw, {"path", "redis_url", "redis_prefix", "timeout"}, "store.", source)
-    values: dict[str, Any] = {"configured": bool(raw)}
+    values: dict[str, Any] = {}
     if "path" in raw:
         values["path"] = _string(raw["path"], "store.path", source)
     if raw.get("redis_url") is not None:

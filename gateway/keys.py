@@ -101,3 +101,29 @@ def check_model(record: KeyRecord, model: str) -> None:
     """403 when the key is limited to other models."""
     if record.models is not None and model not in record.models:
         raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
+
+
+def key_status(record: KeyRecord, now: float) -> str:
+    """active, revoked or expired."""
+    if record.revoked_at is not None:
+        return "revoked"
+    if record.expires_at is not None and record.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def key_view(record: KeyRecord, now: float | None = None) -> dict[str, object]:
+    """A key as shown to people and the admin API: never its hash, never the key."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "prefix": record.prefix,
+        "status": key_status(record, time.time() if now is None else now),
+        "models": None if record.models is None else list(record.models),
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "max_requests": record.max_requests,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "revoked_at": record.revoked_at,
+    }

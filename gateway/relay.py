@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.config import Deployment, ServerSettings
 from gateway.errors import (
     GatewayError,
@@ -137,22 +138,25 @@ async def relay_stream(
     started: float,
     outcome: StreamOutcome,
     strip_usage: bool = False,
+    observe_gap: Callable[[float], None] | None = None,
 ) -> web.StreamResponse:
     """Open the upstream stream (``opening``), relay it to the client, return the finished response.
 
     Raises a GatewayError only while no header has been sent; ``outcome`` says how it ended.
     """
-    relay = _Relay(request, deployment, settings, started, outcome, strip_usage)
+    relay = _Relay(request, deployment, settings, started, outcome, strip_usage, observe_gap)
     task = asyncio.current_task()
     assert task is not None
     handle = StreamHandle(task)
     live.add(handle)
+    metrics.ACTIVE_STREAMS.inc()
     try:
         return await relay.run(handle, opening)
     finally:
         if relay.upstream is not None:
             relay.upstream.close(complete=relay.finished)
         live.discard(handle)
+        metrics.ACTIVE_STREAMS.dec()
 
 
 class _Relay:
@@ -161,6 +165,7 @@ class _Relay:
         "finished",
         "last_write",
         "loop",
+        "observe_gap",
         "outcome",
         "parser",
         "request",
@@ -179,9 +184,11 @@ class _Relay:
         started: float,
         outcome: StreamOutcome,
         strip_usage: bool,
+        observe_gap: Callable[[float], None] | None,
     ) -> None:
         self.request = request
         self.strip_usage = strip_usage
+        self.observe_gap = observe_gap
         self.upstream: UpstreamResponse | None = None
         self.deployment = deployment
         self.settings = settings
@@ -277,9 +284,12 @@ class _Relay:
                 events.extend(self._parse(more))
             if not events:
                 continue
-            last_event = self.loop.time()
+            now = self.loop.time()
             if self.outcome.first_event_at is None:
-                self.outcome.first_event_at = last_event
+                self.outcome.first_event_at = now
+            elif self.observe_gap is not None:
+                self.observe_gap(now - last_event)  # once per write, not per event
+            last_event = now
             payload, finished = self._frame(events)
             await self._write(payload)
             if finished:

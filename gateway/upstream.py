@@ -14,6 +14,7 @@ from typing import Protocol
 
 import aiohttp
 
+from gateway import metrics
 from gateway.config import Config, Deployment
 from gateway.errors import (
     ServiceUnavailable,
@@ -80,12 +81,13 @@ class Upstreams(Protocol):
 class _Lease:
     """Counts a deployment's requests in flight, refusing past the limit instead of queueing."""
 
-    __slots__ = ("in_flight", "limit", "name")
+    __slots__ = ("gauge", "in_flight", "limit", "name")
 
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
         self.limit = limit
         self.in_flight = 0
+        self.gauge = metrics.UPSTREAM_IN_FLIGHT.labels(name)
 
     def acquire(self) -> None:
         if self.in_flight >= self.limit:
@@ -95,9 +97,11 @@ class _Lease:
                 headers={"Retry-After": "1"},
             )
         self.in_flight += 1
+        self.gauge.inc()
 
     def release(self) -> None:
         self.in_flight -= 1
+        self.gauge.dec()
 
 
 class HttpUpstreamResponse:

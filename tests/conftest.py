@@ -114,11 +114,13 @@ def start_gateway(tmp_path: Path) -> Iterator[object]:
     def start(*args: str, env: dict[str, str] | None = None, workers: int = 1) -> Proc:
         port = free_port()
         log_path = tmp_path / f"gateway-{len(started)}.log"
+        # Each test has a store of its own unless it names one.
+        full_env = {"LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"), **(env or {})}
         proc = start_process(
             gateway_command("serve", "--port", str(port), "--workers", str(workers), *args),
             port,
             log_path,
-            env,
+            full_env,
         )
         started.append(proc)
         wait_for_log(proc, "worker ready", workers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.config import load_config
 from gateway.errors import UpstreamProtocolError
+from gateway.store.sqlite import SQLiteStore
 from gateway.web import make_app
 from tests.fakes import FakeUpstreams, Step
 
@@ -24,10 +26,11 @@ def upstreams() -> FakeUpstreams:
 
 @pytest.fixture
 async def client(
-    aiohttp_client: Callable[..., Awaitable[Client]], upstreams: FakeUpstreams
+    aiohttp_client: Callable[..., Awaitable[Client]], upstreams: FakeUpstreams, tmp_path: Path
 ) -> Client:
     environ = {"LLM_GATEWAY_KEEPALIVE_INTERVAL": "0.2"}
-    app = make_app(load_config(None, environ), upstreams=upstreams)
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    app = make_app(load_config(None, environ), upstreams=upstreams, store=store)
     return await aiohttp_client(app)
 
 

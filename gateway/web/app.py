@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.relay import LiveStreams
+from gateway.stats import StatsSidecar
+from gateway.store import Store, StoreUnavailable, describe, make_store
 from gateway.upstream import UpstreamPool, Upstreams
 from gateway.web import handlers
-from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, WORKER_STATE, WorkerState
+from gateway.web.accounting import SIDECAR, accounting_middleware
+from gateway.web.admin import add_admin_routes
+from gateway.web.auth import AUTHENTICATOR, Authenticator, auth_middleware
+from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, STORE, WORKER_STATE, WorkerState
 from gateway.web.middlewares import (
     add_response_headers,
     cors_middleware,
@@ -21,21 +28,36 @@ from gateway.web.middlewares import (
 
 log = logging.getLogger("gateway.web")
 
+# How long the final stats flush may keep retrying an unreachable store at shutdown.
+FINAL_FLUSH_SECONDS = 10.0
 
-def make_app(config: Config, *, upstreams: Upstreams | None = None) -> web.Application:
-    """Build the application: routes, middlewares, the upstream pool and the drain hook.
 
-    ``upstreams`` replaces the real pool (tests pass a scripted fake).
+def make_app(
+    config: Config, *, upstreams: Upstreams | None = None, store: Store | None = None
+) -> web.Application:
+    """Build the application: routes, middlewares, the store, the stats sidecar, the upstream pool.
+
+    ``upstreams`` and ``store`` replace the real ones (tests pass fakes or their own).
     """
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[request_id_middleware, error_middleware, cors_middleware],
+        middlewares=[
+            request_id_middleware,
+            accounting_middleware,
+            error_middleware,
+            cors_middleware,
+            auth_middleware,
+        ],
     )
     app[CONFIG] = config
     app[LIVE_STREAMS] = LiveStreams()
     app[WORKER_STATE] = WorkerState()
     app[POOL] = upstreams or UpstreamPool(config)
-    app.cleanup_ctx.append(_upstream_pool)
+    app[STORE] = store or make_store(config.store)
+    app[SIDECAR] = StatsSidecar(app[STORE], config.stats)
+    app[AUTHENTICATOR] = Authenticator(app[STORE], config.auth, config.store)
+    # Started in this order, stopped in reverse: stats are flushed before the store closes.
+    app.cleanup_ctx.extend([_store, _sidecar, _upstream_pool])
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain_streams)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
@@ -45,12 +67,37 @@ def make_app(config: Config, *, upstreams: Upstreams | None = None) -> web.Appli
     app.router.add_get("/v1/models/{model}", handlers.get_model)
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/health/ready", handlers.ready)
+    app.router.add_get("/metrics", handlers.metrics_exposition)
+    add_admin_routes(app)
     return app
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    try:
+        await store.open()
+    except StoreUnavailable as exc:
+        # Not fatal: stats stay buffered and key lookups fail closed until the store answers.
+        log.error("store unreachable at start-up", extra={"store": describe(app[CONFIG].store),
+                                                            "error": str(exc)})  # fmt: skip
+    yield
+    await store.close()
+
+
+async def _sidecar(app: web.Application) -> AsyncIterator[None]:
+    sidecar = app[SIDECAR]
+    sidecar.start()
+    yield
+    await sidecar.stop(time.monotonic() + FINAL_FLUSH_SECONDS)
+    stats = sidecar.statistics()
+    log.info("stats flushed at shutdown", extra=stats._asdict())
 
 
 async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:
     pool = app[POOL]
     await pool.start()
+    for deployment in app[CONFIG].deployments.values():
+        metrics.UPSTREAM_CAPACITY.labels(deployment.name).set(deployment.max_connections)
     yield
     await pool.close()
 

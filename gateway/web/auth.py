@@ -37,7 +37,7 @@ class Authenticator:
     ) -> None:
         self._store = store
         self._settings = settings
-        self._store_configured = store_settings.configured
+        self._store_shared = store_settings.shared
         self._clock = clock
         self._cache: collections.OrderedDict[str, tuple[float, KeyRecord | None]] = (
             collections.OrderedDict()
@@ -45,10 +45,10 @@ class Authenticator:
         self._required: tuple[float, bool] | None = None
 
     async def required(self) -> bool:
-        """Whether /v1 needs a key: on, off, or (auto) once a store is set up or a key exists."""
+        """Whether /v1 needs a key: on, off, or (auto) with a Redis store or once a key exists."""
         if self._settings.mode != "auto":
             return self._settings.mode == "on"
-        if self._store_configured:
+        if self._store_shared:
             return True
         now = self._clock()
         if self._required is None or self._required[0] <= now:

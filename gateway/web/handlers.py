@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.config import ServerSettings
-from gateway.errors import ModelNotFound, PayloadTooLarge, RequestTimeout
-from gateway.openai import Endpoint, parse_request
+from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestTimeout
+from gateway.keys import check_model
+from gateway.openai import Endpoint, parse_request, usage_in_body
 from gateway.relay import StreamOutcome, relay_stream
 from gateway.router import choose_deployment
-from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, WORKER_STATE
+from gateway.store import StoreUnavailable
+from gateway.web.accounting import RECORD
+from gateway.web.auth import API_KEY
+from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, STORE, WORKER_STATE
 
+log = logging.getLogger("gateway.web")
 _CREATED = int(time.time())
 CLOSE = {"Connection": "close"}
 
@@ -85,32 +92,67 @@ async def read_body(request: web.Request, settings: ServerSettings) -> bytes:
 
 async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     config = request.app[CONFIG]
+    record = request[RECORD]
     parsed = parse_request(await read_body(request, config.server), endpoint)
+    record.body = parsed.body
     route = config.route_for(parsed.model)
     if route is None:
         raise ModelNotFound(
             f"The model '{parsed.model}' does not exist or is not served by this gateway.",
             param="model",
         )
+    record.model = parsed.model
+    key = request.get(API_KEY)
+    if key is not None:
+        check_model(key, parsed.model)
+        if key.max_requests is not None:
+            await _take_request(request, key.id, key.max_requests)
     deployment = choose_deployment(route, config.deployments)
-    started = asyncio.get_running_loop().time()
+    record.deployment = deployment.name
+    loop = asyncio.get_running_loop()
     opening = request.app[POOL].send(
         deployment, endpoint.value, parsed.upstream_body(route.upstream_name(parsed.model))
     )
     if parsed.stream:
+        record.stream = StreamOutcome()
         return await relay_stream(
             request,
             opening,
             deployment=deployment,
             settings=config.server,
             live=request.app[LIVE_STREAMS],
-            started=started,
-            outcome=StreamOutcome(),
+            started=record.started,
+            outcome=record.stream,
+            strip_usage=not parsed.client_wants_usage,
+            observe_gap=metrics.INTER_EVENT.labels(parsed.model).observe,
         )
     upstream = await opening
+    record.answered_at = loop.time()
     try:
         async with asyncio.timeout(deployment.timeouts.idle):
             body = await upstream.read_body(config.server.max_upstream_body_bytes)
     finally:
         upstream.close()
+    record.usage = usage_in_body(body)
     return web.Response(body=body, status=upstream.status, content_type="application/json")
+
+
+async def _take_request(request: web.Request, key_id: str, limit: int) -> None:
+    """Count the request against the key's lifetime quota (fails open if the store is down)."""
+    try:
+        allowed = await request.app[STORE].take_request(key_id, limit)
+    except StoreUnavailable as exc:
+        log.warning("max_requests not checked: store unreachable", extra={"error": str(exc)})
+        return
+    if not allowed:
+        raise RateLimited(
+            f"This API key has used all of its {limit} requests.", code="max_requests_exceeded"
+        )
+
+
+async def metrics_exposition(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format, summed over every worker."""
+    body, content_type = await metrics.exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response

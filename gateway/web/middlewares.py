@@ -22,6 +22,7 @@ from gateway.errors import (
     PayloadTooLarge,
 )
 from gateway.logs import REQUEST_ID
+from gateway.web.accounting import RECORD
 from gateway.web.keys import CONFIG
 
 log = logging.getLogger("gateway.web")
@@ -65,6 +66,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as exc:
+        record = request.get(RECORD)
+        if record is not None:
+            record.error = exc
         return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:

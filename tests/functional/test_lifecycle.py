@@ -187,6 +187,7 @@ def test_make_serve_streams_the_demo_model(tmp_path: Path) -> None:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3")},
         )
     try:
         wait_for_port(port, process, timeout=120)
