@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import datetime
 import sys
-from typing import Any
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
+import orjson
 
-from gateway.config import load_config, passthrough_overrides
+from gateway import manage
+from gateway.config import Config, load_config, passthrough_overrides
 from gateway.errors import ConfigError
+from gateway.keys import key_view, parse_expiry
+from gateway.store import StoreUnavailable
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -86,6 +97,158 @@ def check_config(path: str) -> None:
         target = ", ".join(route.deployments)
         upstream = f" as {route.upstream_model}" if route.upstream_model else ""
         click.echo(f"  model {route.name} -> {target}{upstream}")
+
+
+def _load(config_path: str | None) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"llm-gateway: invalid configuration: {exc}", err=True)
+        sys.exit(2)
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(work)
+    except StoreUnavailable as exc:
+        click.echo(f"llm-gateway: the store cannot be used: {exc}", err=True)
+        sys.exit(1)
+
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), envvar="LLM_GATEWAY_CONFIG",
+    help="YAML config file (its store section says where keys live).",
+)  # fmt: skip
+
+
+@main.group()
+def keys() -> None:
+    """Create, list, show and revoke API keys (stored hashed; a key is shown once)."""
+
+
+@keys.command("create")
+@config_option
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--models", help="Comma-separated models the key may use (default: all).")
+@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute.")
+@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute.")
+@click.option("--max-requests", type=click.IntRange(min=1), help="Lifetime request quota.")
+@click.option("--expires", metavar="24h|7d|DATE", help="Expiry: a duration or an ISO date.")
+def keys_create(
+    config_path: str | None,
+    name: str,
+    models: str | None,
+    rpm: int | None,
+    tpm: int | None,
+    max_requests: int | None,
+    expires: str | None,
+) -> None:
+    """Create a key and print it once."""
+    config = _load(config_path)
+    expires_at = None
+    if expires:
+        try:
+            expires_at = parse_expiry(expires)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--expires") from None
+    allowed = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
+    key, record = _run(
+        manage.create_key(
+            config, name, models=allowed, rpm=rpm, tpm=tpm, max_requests=max_requests,
+            expires_at=expires_at,
+        )
+    )  # fmt: skip
+    click.echo(f"id:  {record.id}")
+    click.echo(f"key: {key}")
+    click.echo("Store the key now: only its hash is kept, it cannot be shown again.", err=True)
+
+
+@keys.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def keys_list(config_path: str | None, as_json: bool) -> None:
+    """List keys (never the keys themselves)."""
+    views = [key_view(r) for r in _run(manage.list_keys(_load(config_path)))]
+    if as_json:
+        click.echo(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
+        return
+    columns = ("id", "name", "prefix", "status", "models", "rpm", "tpm", "max_requests")
+    _table(columns, [[_shown(v[c]) for c in columns] for v in views])
+
+
+@keys.command("show")
+@config_option
+@click.argument("key_id")
+def keys_show(config_path: str | None, key_id: str) -> None:
+    """Show one key and its usage counters."""
+    found = _run(manage.show_key(_load(config_path), key_id))
+    if found is None:
+        click.echo(f"no key with id {key_id}", err=True)
+        sys.exit(1)
+    record, counters = found
+    for name, value in key_view(record).items():
+        click.echo(f"{name:14} {_shown(value)}")
+    for name in ("requests", "prompt_tokens", "completion_tokens", "cache_hits", "errors"):
+        click.echo(f"{name:14} {getattr(counters, name)}")
+    click.echo(f"{'last_used':14} {_shown(counters.last_used)}")
+
+
+@keys.command("revoke")
+@config_option
+@click.argument("key_id")
+def keys_revoke(config_path: str | None, key_id: str) -> None:
+    """Revoke a key (running gateways stop accepting it within the key cache TTL, 5 s)."""
+    if not _run(manage.revoke_key(_load(config_path), key_id)):
+        click.echo(f"no key with id {key_id}", err=True)
+        sys.exit(1)
+    click.echo(f"revoked {key_id}")
+
+
+@main.command()
+@config_option
+@click.option("--key", "key_id", help="Only this key id.")
+@click.option("--model", help="Only this model.")
+@click.option("--since", metavar="YYYY-MM-DD", help="From this day (UTC) on.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def usage(
+    config_path: str | None,
+    key_id: str | None,
+    model: str | None,
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """Usage per key, model and day (flushed by running gateways every 5 s)."""
+    if since is not None:
+        try:
+            datetime.date.fromisoformat(since)
+        except ValueError:
+            raise click.BadParameter("expected YYYY-MM-DD", param_hint="--since") from None
+    rows = _run(manage.usage(_load(config_path), key_id=key_id, model=model, since=since))
+    if as_json:
+        click.echo(orjson.dumps([dataclasses.asdict(r) for r in rows]).decode())
+        return
+    columns = ("day", "key_id", "model", "requests", "prompt_tokens", "completion_tokens",
+               "estimated_requests", "cache_hits", "errors")  # fmt: skip
+    _table(columns, [[str(getattr(r, c)) for c in columns] for r in rows])
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float) and value > 1e9:
+        return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(value))
+    return str(value)
+
+
+def _table(columns: tuple[str, ...], rows: list[list[str]]) -> None:
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    if not rows:
+        click.echo("(none)")
 
 
 @main.command("mock-upstream")

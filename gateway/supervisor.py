@@ -6,13 +6,17 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
+from gateway import metrics, preflight
 from gateway.config import Config
 from gateway.logs import configure_logging
 from gateway.server import run_worker
@@ -78,6 +82,8 @@ class Supervisor:
     def _restart(self, index: int) -> None:
         process = self._workers[index]
         process.join()
+        if process.pid is not None:
+            metrics.mark_worker_dead(process.pid)
         uptime = time.monotonic() - self._started[index]
         delay = 0.0 if uptime >= HEALTHY_UPTIME else self._backoff.get(index, 0.25) * 2
         self._backoff[index] = min(delay or 0.25, RESTART_BACKOFF_MAX)
@@ -109,6 +115,8 @@ class Supervisor:
                 log.error("worker did not stop in time; killing it", extra={"pid": process.pid})
                 process.kill()
                 process.join()
+            if process.pid is not None:
+                metrics.mark_worker_dead(process.pid)
         log.info("stopped")
         return 0
 
@@ -128,6 +136,12 @@ def run(config: Config) -> int:
     """Serve with the supervisor; returns the process exit code."""
     configure_logging(config.server.log_level)
     settings = config.server
+    try:
+        auth = preflight.auth_state(config)
+    except preflight.PreflightError as exc:
+        log.error(f"llm-gateway cannot start: {exc}")
+        return 2
+    metrics_dir = _metrics_directory()
     reservation = reserve_port(settings.host, settings.port)
     port = reservation.getsockname()[1]
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -140,6 +154,13 @@ def run(config: Config) -> int:
             "models": config.listed_models(),
         },
     )
+    if auth.required:
+        log.info(f"auth is on: {auth.reason}; /v1 needs an API key")
+    else:
+        log.warning(
+            f"auth is off ({auth.reason}): anyone who can reach this port can use the API. "
+            "Create a key with `llm-gateway keys create --name NAME` to turn it on."
+        )
     if config.embedded_demo:
         log.info(
             "running on embedded defaults: model 'demo' is the built-in mock. To put a real "
@@ -150,3 +171,20 @@ def run(config: Config) -> int:
         return Supervisor(config, port).run()
     finally:
         reservation.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_directory() -> str | None:
+    """Give every worker the same Prometheus multiprocess directory (ours unless one is set).
+
+    Returns the directory to remove at exit (None when the operator chose it)."""
+    chosen = os.environ.get(metrics.MULTIPROC_ENV)
+    if chosen:
+        # Files of a previous run would add old counts to the new ones.
+        for stale in Path(chosen).glob("*.db"):
+            stale.unlink()
+        return None
+    directory = tempfile.mkdtemp(prefix="llm-gateway-metrics-")
+    os.environ[metrics.MULTIPROC_ENV] = directory
+    return directory
