@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from gateway.config import Deployment
 from gateway.errors import GatewayError
+from gateway.store.base import StoreUnavailable, UsageDelta
 
 
 @dataclass
@@ -87,3 +88,28 @@ class FakeUpstreams:
         if self.error is not None:
             raise self.error
         return self.responses.pop(0)
+
+
+class FakeStore:
+    """A Store in memory that applies each batch id once and can be told to fail."""
+
+    def __init__(self) -> None:
+        self.applied: dict[str, list[UsageDelta]] = {}
+        self.calls = 0
+        self.down = False
+        self.fail_after_apply = 0  # apply, then raise: a partial failure seen by the caller
+
+    async def apply_usage(self, batch_id: str, deltas: list[UsageDelta]) -> bool:
+        self.calls += 1
+        if self.down:
+            raise StoreUnavailable("fake store is down")
+        fresh = batch_id not in self.applied
+        if fresh:
+            self.applied[batch_id] = deltas
+        if self.fail_after_apply:
+            self.fail_after_apply -= 1
+            raise StoreUnavailable("fake store failed after applying")
+        return fresh
+
+    def requests(self) -> int:
+        return sum(d.requests for deltas in self.applied.values() for d in deltas)

@@ -2,6 +2,8 @@
 
 Key lookups are cached in-process for ``auth.cache_ttl`` seconds (5 by default), so a revocation
 takes effect within that time on every worker; unknown keys are cached for at most one second.
+While the store is unreachable, a key seen before keeps its last known answer (so an outage does
+not take the API down); a key never seen gets 503 until the store is back.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.config import AuthSettings, StoreSettings
-from gateway.errors import AuthenticationError
+from gateway.errors import AuthenticationError, ServiceUnavailable
 from gateway.keys import check_usable, hash_key, invalid_key, looks_like_key
-from gateway.store.base import KeyRecord, Store
+from gateway.store.base import KeyRecord, Store, StoreUnavailable
 
 API_KEY = web.RequestKey("api_key", KeyRecord)
 CACHE_ENTRIES = 10_000
@@ -52,7 +54,11 @@ class Authenticator:
             return True
         now = self._clock()
         if self._required is None or self._required[0] <= now:
-            has_keys = await self._store.count_keys() > 0
+            try:
+                has_keys = await self._store.count_keys() > 0
+            except StoreUnavailable:
+                # Keep the last answer; with none, fail closed.
+                has_keys = True if self._required is None else self._required[1]
             self._required = (now + self._settings.cache_ttl, has_keys)
         return self._required[1]
 
@@ -66,7 +72,17 @@ class Authenticator:
         if cached is not None and cached[0] > now:
             record = cached[1]
         else:
-            record = await self._store.key_by_hash(digest)
+            try:
+                record = await self._store.key_by_hash(digest)
+            except StoreUnavailable as exc:
+                if cached is None:
+                    raise ServiceUnavailable(
+                        "API keys cannot be checked right now; try again shortly.",
+                        code="key_store_unavailable",
+                        headers={"Retry-After": "2"},
+                    ) from exc
+                # The store is down: the last known answer for this key stands until it is back.
+                return check_usable(cached[1], time.time())
             ttl = self._settings.cache_ttl if record is not None else NEGATIVE_TTL
             self._cache[digest] = (now + ttl, record)
             self._cache.move_to_end(digest)
