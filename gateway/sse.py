@@ -3,14 +3,17 @@
 The parser follows https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation:
 lines end with CRLF, CR or LF (a CR ending one chunk and an LF starting the next are one line end),
 a leading BOM is dropped, ``:`` starts a comment, one space after the field's colon is removed, and
-an empty line dispatches the event. Only events with at least one ``data`` line are returned.
+an empty line dispatches the event. Only events with at least one ``data`` line are returned, and
+``id`` belongs to its own block (no last-event-ID carried over: the relay re-frames each event).
 
-Data stays bytes: the relay forwards it without decoding. The common case (a chunk without CR) is
-split with bytes methods; CR handling is a slower path that LF-only upstreams never take.
+Data stays bytes: the relay forwards it without decoding. The common case (a chunk without CR, lines
+starting ``data: ``) is split with bytes methods and handled inline; CR handling and the other fields
+take a slower path that OpenAI-style upstreams never take.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 DONE = b"[DONE]"
@@ -27,7 +30,15 @@ class SSEEvent(NamedTuple):
 
 
 class EventTooLarge(ValueError):
-    """An event grew past the parser's bound before it was complete."""
+    """An event grew past the parser's bound before it was complete.
+
+    ``events`` holds the events the same chunk completed before the bound was crossed, so a caller
+    can still deliver them. The parser should be abandoned after this.
+    """
+
+    def __init__(self, message: str, *, events: Sequence[SSEEvent] = ()) -> None:
+        super().__init__(message)
+        self.events = list(events)
 
 
 class SSEParser:
@@ -51,11 +62,11 @@ class SSEParser:
         self._partial = b""  # an unfinished line
         self._after_cr = False  # the previous chunk ended with CR: a leading LF is not a new line
         self._started = False  # the BOM check has been done
-        self._data: list[bytes] = []
+        self._data: list[bytes] = []  # data lines of the event being built
         self._event: bytes | None = None
         self._id: bytes | None = None
         self._retry: int | None = None
-        self._pending = 0  # bytes of the event being built
+        self._pending = 0  # bytes in the data buffer (each line plus its LF)
         self._comments = 0
 
     @property
@@ -69,14 +80,20 @@ class SSEParser:
         return self._comments
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        """Parse ``chunk``; return the events it completed, in order."""
+        """Parse ``chunk``; return the events it completed, in order.
+
+        Raises EventTooLarge when the event still incomplete at the end of ``chunk`` holds more
+        than ``max_event_bytes``.
+        """
+        if not chunk:
+            return []  # must not clear _after_cr: an LF may still follow
         if not self._started:
             chunk = self._strip_bom(chunk)
             if not self._started:
                 return []
         if self._after_cr:
             self._after_cr = False
-            if chunk.startswith(b"\n"):
+            if chunk[0] == 0x0A:
                 chunk = chunk[1:]
         if b"\r" in chunk:
             lines = self._split_with_cr(chunk)
@@ -86,17 +103,27 @@ class SSEParser:
             lines[0] = self._partial + lines[0]
         self._partial = lines.pop()
         events: list[SSEEvent] = []
+        data = self._data
+        pending = self._pending
         for line in lines:
-            if line:
-                self._field(line)
-            elif self._data:
-                events.append(self._dispatch())
+            if line[:6] == b"data: ":  # the hot path, inline
+                data.append(line[6:])
+                pending += len(line) - 5
+            elif line:
+                pending += self._field(line)
+            elif data:
+                joined = data[0] if len(data) == 1 else b"\n".join(data)
+                events.append(SSEEvent(joined, self._event, self._id, self._retry))
+                data = self._data = []
+                pending = 0
+                self._event = self._id = self._retry = None
             else:
-                self._event = None
-                self._id = None
-                self._retry = None
-        if self._pending + len(self._partial) > self._max:
-            raise EventTooLarge(f"an event exceeded {self._max} bytes before it was complete")
+                self._event = self._id = self._retry = None
+        self._pending = pending
+        if pending + len(self._partial) > self._max:
+            raise EventTooLarge(
+                f"an event exceeded {self._max} bytes before it was complete", events=events
+            )
         return events
 
     def _strip_bom(self, chunk: bytes) -> bytes:
@@ -112,18 +139,18 @@ class SSEParser:
     def _split_with_cr(self, chunk: bytes) -> list[bytes]:
         """Split on CRLF, CR and LF; the last element is the unfinished remainder."""
         if chunk.endswith(b"\r"):
-            # The LF that may follow belongs to this line end; remember to skip it.
+            # The LF that may start the next chunk belongs to this line end; remember to skip it.
             self._after_cr = True
-            chunk = chunk[:-1]
-            lines = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+            lines = chunk[:-1].replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
             lines.append(b"")
             return lines
         return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
 
-    def _field(self, line: bytes) -> None:
+    def _field(self, line: bytes) -> int:
+        """Apply one non-empty line; return the bytes it added to the data buffer."""
         if line[0] == 0x3A:  # ":"
             self._comments += 1
-            return
+            return 0
         colon = line.find(b":")
         if colon < 0:
             name, value = line, b""
@@ -132,26 +159,15 @@ class SSEParser:
             value = line[colon + 2 :] if line[colon + 1 : colon + 2] == b" " else line[colon + 1 :]
         if name == b"data":
             self._data.append(value)
-            self._pending += len(value) + 1
-        elif name == b"event":
+            return len(value) + 1
+        if name == b"event":
             self._event = value
         elif name == b"id":
             if b"\x00" not in value:
                 self._id = value
-        elif name == b"retry" and value.isdigit():
+        elif name == b"retry" and value.isdigit():  # bytes.isdigit is ASCII-only
             self._retry = int(value)
-
-    def _dispatch(self) -> SSEEvent:
-        data = self._data
-        event = SSEEvent(
-            data[0] if len(data) == 1 else b"\n".join(data), self._event, self._id, self._retry
-        )
-        self._data = []
-        self._event = None
-        self._id = None
-        self._retry = None
-        self._pending = 0
-        return event
+        return 0
 
 
 def encode_event(data: bytes, *, event: bytes | None = None, id: bytes | None = None) -> bytes:
@@ -163,7 +179,7 @@ def encode_event(data: bytes, *, event: bytes | None = None, id: bytes | None = 
         head += b"id: " + id + b"\n"
     if b"\n" not in data:
         return head + b"data: " + data + b"\n\n"
-    return head + b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"
+    return head + b"".join([b"data: " + line + b"\n" for line in data.split(b"\n")]) + b"\n"
 
 
 def encode_comment(text: bytes) -> bytes:

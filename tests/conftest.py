@@ -171,3 +171,22 @@ def gateway_on_mock(start_gateway, mock_upstream: Proc, tmp_path: Path) -> Proc:
     proc: Proc = start_gateway("--config", str(write_config(tmp_path, mock_upstream.url)))
     proc.extra["mock_url"] = mock_upstream.url
     return proc
+
+
+MASTER_KEY = "test-master-key-0123456789-abcdefghijklmnop"
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run an ``llm-gateway`` command with ``env`` added to the environment."""
+    return subprocess.run(
+        gateway_command(*args), capture_output=True, text=True, timeout=60,
+        env={**os.environ, **env}, cwd=ROOT,
+    )  # fmt: skip
+
+
+def create_key(env: dict[str, str], *args: str) -> tuple[str, str]:
+    """``keys create`` through the CLI; returns (key id, key)."""
+    result = run_cli("keys", "create", "--name", "test", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    fields = dict(line.split(":", 1) for line in result.stdout.strip().splitlines())
+    return fields["id"].strip(), fields["key"].strip()
