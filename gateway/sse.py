@@ -6,9 +6,9 @@ a leading BOM is dropped, ``:`` starts a comment, one space after the field's co
 an empty line dispatches the event. Only events with at least one ``data`` line are returned, and
 ``id`` belongs to its own block (no last-event-ID carried over: the relay re-frames each event).
 
-Data stays bytes: the relay forwards it without decoding. The common case (a chunk without CR, lines
-starting ``data: ``) is split with bytes methods and handled inline; CR handling and the other fields
-take a slower path that OpenAI-style upstreams never take.
+Data stays bytes: the relay forwards it without decoding. The common case (a chunk without CR,
+lines starting ``data: ``) is split with bytes methods and handled inline; CR handling and the
+other fields take a slower path that OpenAI-style upstreams never take.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ class StatsEvent:
 
     @property
     def is_error(self) -> bool:
-        return self.status >= 400 or self.termination not in {"completed", "client_disconnect"}
+        """Failed or refused; a client that went away is not an error."""
+        return self.termination not in {"completed", "client_disconnect"}
 
 
 @dataclass(slots=True)

@@ -82,7 +82,7 @@ def test_event_id_and_retry_fields() -> None:
     assert events == [SSEEvent(b"a", b"delta", b"7", 100), SSEEvent(b"b")]
 
 
-@pytest.mark.parametrize("value", [b"", b"1x", b"-1", b" 5", b"1.5", b"\xd9\xa3"])
+@pytest.mark.parametrize("value", [b"", b"1x", b"-1", b"  5", b"1.5", b"\xd9\xa3"])
 def test_retry_only_when_all_ascii_digits(value: bytes) -> None:
     """A retry value that is not all ASCII digits is ignored."""
     assert parse(b"retry:" + value + b"\ndata: a\n\n") == [SSEEvent(b"a")]

@@ -98,8 +98,8 @@ def _estimate(record: RequestRecord, status: int) -> Usage:
 
 
 def _termination(record: RequestRecord, status: int) -> str:
-    if record.stream is not None:
-        return record.stream.termination.value
+    if record.stream is not None and status < 400:
+        return record.stream.termination.value  # the stream started: it says how it ended
     if status == 499:
         return "client_disconnect"
     if status < 400:
@@ -122,7 +122,7 @@ def _observe(route: str, record: RequestRecord, event: StatsEvent) -> None:
         metrics.PROMPT_TOKENS.labels(model, event.key_id).inc(event.prompt_tokens)
     if event.completion_tokens:
         metrics.COMPLETION_TOKENS.labels(model, event.key_id).inc(event.completion_tokens)
-    if record.stream is not None:
+    if record.stream is not None and event.status < 400:
         metrics.STREAM_TERMINATIONS.labels(event.termination).inc()
     if isinstance(record.error, UpstreamError) and record.deployment:
         metrics.UPSTREAM_ERRORS.labels(record.deployment, record.error.code or "error").inc()

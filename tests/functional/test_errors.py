@@ -148,7 +148,7 @@ async def test_failure_before_first_byte_is_502(gateway_on_mock: Proc) -> None:
     assert_openai_error(error)
 
 
-@pytest.mark.parametrize("failure", [{"die_after": 4}, {"error_after": 4}])
+@pytest.mark.parametrize("failure", [{"die_after": 4, "delay": 0.01}, {"error_after": 4}])
 async def test_mid_stream_failure_ends_with_one_error_event(
     gateway_on_mock: Proc, failure: dict[str, int]
 ) -> None:
