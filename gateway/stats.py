@@ -29,7 +29,7 @@ from gateway.store.base import Store, StoreUnavailable, UsageDelta
 log = logging.getLogger("gateway.stats")
 
 ANONYMOUS_KEY = "anonymous"
-RETRY_BACKOFF_MAX = 30.0
+RETRY_BACKOFF_MAX = 10.0
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ class RedisServer:
     def __init__(self, port: int) -> None:
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
+        # An append-only file, so a stop and start is an outage, not a wipe, as with a real Redis.
+        self.directory = tempfile.mkdtemp(prefix="llm-gateway-redis-")
 
     @property
     def url(self) -> str:
@@ -37,7 +40,8 @@ class RedisServer:
             )
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", self.directory,
+             "--protected-mode", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -69,6 +73,7 @@ def redis_server() -> Iterator[RedisServer | None]:
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(server.directory, ignore_errors=True)
 
 
 @pytest.fixture
