@@ -20,7 +20,7 @@ serve: $(STAMP)
 	$(BIN)/llm-gateway serve $(ARGS)
 
 test: lint
-	bin/ensure-redis
+	bin/ensure-test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

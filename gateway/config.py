@@ -215,18 +215,26 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
+def environment_setting(name: str) -> list[str] | None:
+    """The setting path an ``LLM_GATEWAY_*`` variable sets, or None when it sets none."""
+    if not name.startswith(ENV_PREFIX):
+        return None
+    parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+    if len(parts) == 1 and parts[0] in _ENV_ALIASES:
+        return list(_ENV_ALIASES[parts[0]])
+    if parts[0] in _TOP_LEVEL_KEYS:
+        return parts
+    if parts[0] in _SERVER_KEYS:
+        return ["server", *parts]
+    return None
+
+
 def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
     for name, text in environ.items():
-        if not name.startswith(ENV_PREFIX) or not text:
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if len(parts) == 1 and parts[0] in _ENV_ALIASES:
-            parts = list(_ENV_ALIASES[parts[0]])
-        elif parts[0] not in _TOP_LEVEL_KEYS:
-            if parts[0] not in _SERVER_KEYS:
-                continue  # other LLM_GATEWAY_* variables (secrets, test knobs) are not settings
-            parts.insert(0, "server")
+        parts = environment_setting(name) if text else None
+        if parts is None:
+            continue  # other LLM_GATEWAY_* variables (secrets, test knobs) are not settings
         try:
             value = text if parts[-1] in _RAW_STRING_KEYS else yaml.safe_load(text)
         except yaml.YAMLError as exc:

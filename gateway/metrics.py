@@ -113,6 +113,14 @@ STATS_FLUSH_LAG = Gauge(
 )
 
 
+def initialise(*, stream_causes: list[str]) -> None:
+    """Create the known label values at zero, so rates and alerts have series from the start."""
+    for result in ("hit", "miss"):
+        CACHE_LOOKUPS.labels(result)
+    for cause in stream_causes:
+        STREAM_TERMINATIONS.labels(cause)
+
+
 def _render() -> bytes:
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:

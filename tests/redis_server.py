@@ -36,7 +36,7 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
-                "redis-server is not installed: run bin/ensure-redis (make test does)"
+                "redis-server is not installed: run bin/ensure-test-tools (make test does)"
             )
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.relay import LiveStreams
+from gateway.relay import LiveStreams, Termination
 from gateway.stats import StatsSidecar
 from gateway.store import Store, StoreUnavailable, describe, make_store
 from gateway.upstream import UpstreamPool, Upstreams
@@ -98,6 +98,7 @@ async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:
     await pool.start()
     for deployment in app[CONFIG].deployments.values():
         metrics.UPSTREAM_CAPACITY.labels(deployment.name).set(deployment.max_connections)
+    metrics.initialise(stream_causes=[cause.value for cause in Termination])
     yield
     await pool.close()
 
