@@ -276,19 +276,36 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> None:
     help="Seconds between events.",
 )
 @click.option("--first-byte-delay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option(
+    "--fail-status",
+    type=click.IntRange(min=400, max=599),
+    default=None,
+    help="Answer every request with this error status (a deployment that is down).",
+)
 def mock_upstream(
-    host: str, port: int, chunks: int, chunk_size: int, delay: float, first_byte_delay: float
+    host: str,
+    port: int,
+    chunks: int,
+    chunk_size: int,
+    delay: float,
+    first_byte_delay: float,
+    fail_status: int | None,
 ) -> None:
     """Run the built-in OpenAI-compatible mock upstream (demos, tests, benchmarks).
 
     Every request may override the behaviour with a "mock" object in its body or X-Mock-* headers
-    (fail_status, fail_before_first_byte, die_after, stall_after, error_after, ...).
+    (fail_status, fail_before_first_byte, die_after, stall_after, error_after, ...);
+    POST /_mock/behaviour changes the defaults at run time, globally or per upstream API key.
     """
     from gateway.mock import MockBehaviour
     from gateway.mockserver import run_mock
 
     behaviour = MockBehaviour(
-        chunks=chunks, chunk_size=chunk_size, delay=delay, first_byte_delay=first_byte_delay
+        chunks=chunks,
+        chunk_size=chunk_size,
+        delay=delay,
+        first_byte_delay=first_byte_delay,
+        fail_status=fail_status,
     )
     run_mock(host, port, behaviour)
 

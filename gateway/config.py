@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from gateway.breaker import BreakerSettings
 from gateway.errors import ConfigError
 
 ENV_PREFIX = "LLM_GATEWAY_"
@@ -49,11 +50,18 @@ class Deployment:
     timeouts: Timeouts = Timeouts()
     max_connections: int = 256
     weight: float = 1.0
+    api_keys: tuple[str, ...] = field(
+        default=(), repr=False
+    )  # a pool, rotated; api_key is the first
+    breaker: BreakerSettings = BreakerSettings()
 
     @property
     def in_process(self) -> bool:
         """True for the built-in mock provider, which needs no network."""
         return self.base_url == MOCK_BASE_URL
+
+
+STRATEGIES = ("weighted", "least-busy", "lowest-latency")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,8 @@ class ModelRoute:
     name: str
     deployments: tuple[str, ...]
     upstream_model: str | None = None
+    strategy: str = "weighted"
+    fallbacks: tuple[str, ...] = ()  # other client model names, tried when these all failed
 
     def upstream_name(self, requested: str) -> str:
         """The model name sent upstream for a request that asked for ``requested``."""
@@ -124,6 +134,28 @@ class AuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """Retries before the first byte: which failures, how many, how fast, and a budget."""
+
+    attempts: int = 3
+    statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
+    backoff_base: float = 0.05
+    backoff_max: float = 2.0
+    budget_ratio: float = 0.2  # retries in flight at most this share of active requests...
+    budget_min: int = 3  # ...but always at least this many
+    max_time: float = 15.0  # all attempts of one request within this many seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    """How requests are spread, retried and failed over."""
+
+    retries: RetrySettings = RetrySettings()
+    key_cooldown: float = 30.0  # an upstream key answered 429 without Retry-After rests this long
+    breaker: BreakerSettings = BreakerSettings()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration of one gateway instance."""
 
@@ -134,6 +166,7 @@ class Config:
     store: StoreSettings = StoreSettings()
     stats: StatsSettings = StatsSettings()
     auth: AuthSettings = AuthSettings()
+    routing: RoutingSettings = RoutingSettings()
 
     @property
     def embedded_demo(self) -> bool:
@@ -152,15 +185,24 @@ class Config:
 # -- loading -------------------------------------------------------------------------------------
 
 _SERVER_KEYS = {f.name for f in dataclasses.fields(ServerSettings)}
-_TOP_LEVEL_KEYS = {"server", "deployments", "models", "store", "stats", "auth"}
+_TOP_LEVEL_KEYS = {"server", "deployments", "models", "store", "stats", "auth", "routing"}
 # Short environment names for settings people set most: LLM_GATEWAY_REDIS_URL and so on.
 _ENV_ALIASES = {
     "redis_url": ["store", "redis_url"],
     "master_key": ["auth", "master_key"],
 }
 _RAW_STRING_KEYS = {"redis_url", "master_key", "api_key", "path"}
-_DEPLOYMENT_KEYS = {"base_url", "api_key", "models", "timeouts", "max_connections", "weight"}
-_ROUTE_KEYS = {"deployments", "upstream_model"}
+_DEPLOYMENT_KEYS = {
+    "base_url",
+    "api_key",
+    "api_keys",
+    "models",
+    "timeouts",
+    "max_connections",
+    "weight",
+    "breaker",
+}
+_ROUTE_KEYS = {"deployments", "upstream_model", "strategy", "fallbacks"}
 
 
 def load_config(
@@ -257,11 +299,12 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
 def _build(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
     _reject_unknown(raw, _TOP_LEVEL_KEYS, "", source)
     server = _build_server(_mapping(raw.get("server", {}), "server", source), source)
+    routing = _build_routing(_mapping(raw.get("routing", {}), "routing", source), source)
     deployments_raw = _mapping(raw.get("deployments", {}), "deployments", source)
     if not deployments_raw:
         deployments_raw = {DEFAULT_DEMO_MODEL: {"base_url": MOCK_BASE_URL, "models": ["demo"]}}
     deployments = {
-        name: _build_deployment(str(name), spec, source, environ)
+        name: _build_deployment(str(name), spec, source, environ, routing.breaker)
         for name, spec in deployments_raw.items()
     }
     models = _build_models(_mapping(raw.get("models", {}), "models", source), deployments, source)
@@ -273,6 +316,48 @@ def _build(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> C
         store=_build_store(_mapping(raw.get("store", {}), "store", source), source, environ),
         stats=_build_stats(_mapping(raw.get("stats", {}), "stats", source), source),
         auth=_build_auth(_mapping(raw.get("auth", {}), "auth", source), source, environ),
+        routing=routing,
+    )
+
+
+def _build_breaker(raw: Any, key: str, source: str, base: BreakerSettings) -> BreakerSettings:
+    spec = _mapping(raw, key, source)
+    _reject_unknown(spec, {"failures", "recovery", "probes"}, f"{key}.", source)
+    return BreakerSettings(
+        failures=_integer(
+            spec.get("failures", base.failures), f"{key}.failures", source, minimum=1
+        ),
+        recovery=_positive(spec.get("recovery", base.recovery), f"{key}.recovery", source),
+        probes=_integer(spec.get("probes", base.probes), f"{key}.probes", source, minimum=1),
+    )
+
+
+def _build_routing(raw: Mapping[str, Any], source: str) -> RoutingSettings:
+    _reject_unknown(raw, {"retries", "key_cooldown", "breaker"}, "routing.", source)
+    retries_raw = _mapping(raw.get("retries", {}), "routing.retries", source)
+    known = {f.name for f in dataclasses.fields(RetrySettings)}
+    _reject_unknown(retries_raw, known, "routing.retries.", source)
+    base = RetrySettings()
+    values: dict[str, Any] = {}
+    for name in ("attempts", "budget_min"):
+        if name in retries_raw:
+            values[name] = _integer(retries_raw[name], f"routing.retries.{name}", source, minimum=1)
+    for name in ("backoff_base", "backoff_max", "budget_ratio", "max_time"):
+        if name in retries_raw:
+            values[name] = _positive(retries_raw[name], f"routing.retries.{name}", source)
+    if "statuses" in retries_raw:
+        statuses = retries_raw["statuses"]
+        _check(
+            lambda v: isinstance(v, list) and all(isinstance(s, int) and 400 <= s < 600 for s in v),
+            statuses, "routing.retries.statuses", source, "a list of HTTP error statuses",
+        )  # fmt: skip
+        values["statuses"] = tuple(statuses)
+    return RoutingSettings(
+        retries=dataclasses.replace(base, **values),
+        key_cooldown=_positive(raw.get("key_cooldown", 30.0), "routing.key_cooldown", source),
+        breaker=_build_breaker(
+            raw.get("breaker", {}), "routing.breaker", source, BreakerSettings()
+        ),
     )
 
 
@@ -359,7 +444,9 @@ def _build_server(raw: Mapping[str, Any], source: str) -> ServerSettings:
     return ServerSettings(**values)
 
 
-def _build_deployment(name: str, raw: Any, source: str, environ: Mapping[str, str]) -> Deployment:
+def _build_deployment(
+    name: str, raw: Any, source: str, environ: Mapping[str, str], breaker: BreakerSettings
+) -> Deployment:
     prefix = f"deployments.{name}"
     spec = _mapping(raw, prefix, source)
     _reject_unknown(spec, _DEPLOYMENT_KEYS, f"{prefix}.", source)
@@ -381,13 +468,17 @@ def _build_deployment(name: str, raw: Any, source: str, environ: Mapping[str, st
             for key, value in timeouts_raw.items()
         }
     )
-    api_key = None
+    keys: list[str] = []
     if spec.get("api_key") is not None:
-        api_key = _secret(spec["api_key"], f"{prefix}.api_key", source, environ)
+        keys.append(_secret(spec["api_key"], f"{prefix}.api_key", source, environ))
+    for index, item in enumerate(_strings(spec.get("api_keys", []), f"{prefix}.api_keys", source)):
+        keys.append(_secret(item, f"{prefix}.api_keys[{index}]", source, environ))
     return Deployment(
         name=name,
         base_url=base_url,
-        api_key=api_key,
+        api_key=keys[0] if keys else None,
+        api_keys=tuple(keys),
+        breaker=_build_breaker(spec.get("breaker", {}), f"{prefix}.breaker", source, breaker),
         models=_strings(spec.get("models", []), f"{prefix}.models", source),
         timeouts=timeouts,
         max_connections=_integer(
@@ -421,13 +512,27 @@ def _build_models(
                     f"(known: {known})"
                 )
         upstream = spec.get("upstream_model")
+        strategy = spec.get("strategy", "weighted")
+        if strategy not in STRATEGIES:
+            raise ConfigError(
+                f"{source}: {prefix}.strategy: must be one of {', '.join(STRATEGIES)}, "
+                f"got {_shown(strategy)}"
+            )
         models[str(name)] = ModelRoute(
             name=str(name),
             deployments=targets,
             upstream_model=None
             if upstream is None
             else _string(upstream, f"{prefix}.upstream_model", source),
+            strategy=strategy,
+            fallbacks=_strings(spec.get("fallbacks", []), f"{prefix}.fallbacks", source),
         )
+    for route in models.values():
+        for fallback in route.fallbacks:
+            if fallback not in models or fallback == route.name:
+                raise ConfigError(
+                    f"{source}: models.{route.name}.fallbacks: {fallback!r} is not another model"
+                )
     return models
 
 

@@ -113,6 +113,27 @@ STATS_FLUSH_LAG = Gauge(
 )
 
 
+BREAKER_STATE = Gauge(
+    "llm_gateway_circuit_breaker_state",
+    "Circuit breaker per deployment: 0 closed, 1 half-open, 2 open (the worst over workers).",
+    ["deployment"],
+    multiprocess_mode="livemax",
+)
+BREAKER_TRANSITIONS = Counter(
+    "llm_gateway_circuit_breaker_transitions_total",
+    "Breaker state changes, by deployment and state.",
+    ["deployment", "state"],
+)
+UPSTREAM_RETRIES = Counter(
+    "llm_gateway_upstream_retries_total",
+    "Attempts sent after an earlier one failed, by the deployment tried and the failure.",
+    ["deployment", "reason"],
+)
+FALLBACKS = Counter(
+    "llm_gateway_fallbacks_total", "Requests served by a fallback model.", ["model", "fallback"]
+)
+
+
 def initialise(*, stream_causes: list[str]) -> None:
     """Create the known label values at zero, so rates and alerts have series from the start."""
     for result in ("hit", "miss"):

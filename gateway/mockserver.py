@@ -2,6 +2,9 @@
 
 Tests read ``GET /_mock/stats`` and ``GET /_mock/requests`` to check what reached the upstream:
 how many requests, which completed, which the client abandoned (``disconnected``).
+``POST /_mock/behaviour`` changes how it answers from now on, for everyone (``"defaults"``) or for
+requests made with one upstream API key (``"keys": {"sk-...": {...}}``), so a test can take a
+deployment down and bring it back, or rate-limit one key of a pool.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ class MockState:
     """The mock's defaults and its bounded record of requests."""
 
     def __init__(self, defaults: mock.MockBehaviour) -> None:
+        self.started_with = defaults
         self.defaults = defaults
+        self.by_key: dict[str, mock.MockBehaviour] = {}
         self.requests: collections.deque[RecordedRequest] = collections.deque(maxlen=MAX_RECORDS)
         self.counts: collections.Counter[str] = collections.Counter()
         self._seq = 0
@@ -73,6 +78,12 @@ class MockState:
         record.ended = time.time()
         self.counts["in_flight"] -= 1
         self.counts[outcome] += 1
+
+    def defaults_for(self, authorization: str | None) -> mock.MockBehaviour:
+        """The behaviour for requests made with this Authorization header."""
+        if self.by_key and authorization and authorization.startswith("Bearer "):
+            return self.by_key.get(authorization[7:], self.defaults)
+        return self.defaults
 
     def stats(self) -> dict[str, int]:
         keys = ("requests", "completed", "disconnected", "failed", "stalled", "in_flight")
@@ -111,7 +122,8 @@ async def _completion(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict):
         return _error(400, "The request body must be a JSON object.")
     try:
-        behaviour = mock.behaviour_for(state.defaults, body, request.headers)
+        defaults = state.defaults_for(request.headers.get("Authorization"))
+        behaviour = mock.behaviour_for(defaults, body, request.headers)
     except ValueError as exc:
         return _error(400, str(exc), "mock")
     record = state.begin(request, body)
@@ -215,6 +227,28 @@ async def _reset(request: web.Request) -> web.Response:
     return web.json_response({"status": "reset"})
 
 
+async def _behaviour(request: web.Request) -> web.Response:
+    """Set the behaviour from now on: overrides of the start-up defaults, and per upstream key.
+
+    Each call replaces the previous one; ``{}`` restores the start-up behaviour.
+    """
+    state = request.app[MOCK_STATE]
+    try:
+        body = orjson.loads(await request.read())
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        defaults = state.started_with.merged(body.get("defaults") or {})
+        keys = body.get("keys") or {}
+        if not isinstance(keys, dict):
+            raise ValueError("'keys' must map upstream API keys to behaviours")
+        by_key = {str(key): defaults.merged(spec) for key, spec in keys.items()}
+    except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
+        return _error(400, f"bad behaviour: {exc}")
+    state.defaults = defaults
+    state.by_key = by_key
+    return web.json_response({"defaults": asdict(defaults), "keys": sorted(by_key)})
+
+
 def make_mock_app(defaults: mock.MockBehaviour = mock.DEFAULT_BEHAVIOUR) -> web.Application:
     """The mock upstream's application."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -227,6 +261,7 @@ def make_mock_app(defaults: mock.MockBehaviour = mock.DEFAULT_BEHAVIOUR) -> web.
     app.router.add_get("/_mock/requests", _requests)
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/reset", _reset)
+    app.router.add_post("/_mock/behaviour", _behaviour)
     return app
 
 

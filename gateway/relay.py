@@ -15,6 +15,7 @@ import enum
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -61,9 +62,17 @@ class StreamOutcome:
     termination: Termination = Termination.COMPLETED
     events: int = 0
     content_events: int = 0  # events that delivered text: the completion-token estimate
+    deployment: str | None = None  # the deployment that answered
     usage: Usage | None = None  # as reported by the upstream's usage chunk
     first_event_at: float | None = None
     error: GatewayError | None = None
+
+
+class OpenedUpstream(Protocol):
+    """An upstream response and the deployment that sent it (the router's answer)."""
+
+    response: UpstreamResponse
+    deployment: Deployment
 
 
 class StreamHandle:
@@ -130,9 +139,8 @@ class _ClientGone(Exception):
 
 async def relay_stream(
     request: web.Request,
-    opening: Awaitable[UpstreamResponse],
+    opening: Awaitable[OpenedUpstream],
     *,
-    deployment: Deployment,
     settings: ServerSettings,
     live: LiveStreams,
     started: float,
@@ -144,7 +152,7 @@ async def relay_stream(
 
     Raises a GatewayError only while no header has been sent; ``outcome`` says how it ended.
     """
-    relay = _Relay(request, deployment, settings, started, outcome, strip_usage, observe_gap)
+    relay = _Relay(request, settings, started, outcome, strip_usage, observe_gap)
     task = asyncio.current_task()
     assert task is not None
     handle = StreamHandle(task)
@@ -161,7 +169,6 @@ async def relay_stream(
 
 class _Relay:
     __slots__ = (
-        "deployment",
         "finished",
         "last_write",
         "loop",
@@ -179,7 +186,6 @@ class _Relay:
     def __init__(
         self,
         request: web.Request,
-        deployment: Deployment,
         settings: ServerSettings,
         started: float,
         outcome: StreamOutcome,
@@ -190,7 +196,6 @@ class _Relay:
         self.strip_usage = strip_usage
         self.observe_gap = observe_gap
         self.upstream: UpstreamResponse | None = None
-        self.deployment = deployment
         self.settings = settings
         self.started = started
         self.outcome = outcome
@@ -201,11 +206,14 @@ class _Relay:
         self.finished = False  # [DONE] was relayed
 
     async def run(
-        self, handle: StreamHandle, opening: Awaitable[UpstreamResponse]
+        self, handle: StreamHandle, opening: Awaitable[OpenedUpstream]
     ) -> web.StreamResponse:
         try:
-            self.upstream = await self._open(opening)
-            await self._pump(self.upstream)
+            opened = await self._open(opening)
+            self.upstream = opened.response
+            self.outcome.deployment = opened.deployment.name
+            await self._check_stream(opened.response)
+            await self._pump(opened.response, opened.deployment)
         except _ClientGone:
             pass
         except GatewayError as exc:
@@ -232,8 +240,9 @@ class _Relay:
         assert self.response is not None
         return self.response
 
-    async def _open(self, opening: Awaitable[UpstreamResponse]) -> UpstreamResponse:
-        """Wait for the upstream's response headers, with keep-alives if that takes a while."""
+    async def _open(self, opening: Awaitable[OpenedUpstream]) -> OpenedUpstream:
+        """Wait for the upstream's response headers (the router may retry meanwhile), with
+        keep-alives if that takes a while."""
         task = asyncio.ensure_future(opening)
         try:
             while True:
@@ -245,21 +254,21 @@ class _Relay:
         except BaseException:
             task.cancel()
             if task.done() and not task.cancelled() and task.exception() is None:
-                task.result().close()
+                task.result().response.close()
             raise
-        upstream = task.result()
+        return task.result()
+
+    async def _check_stream(self, upstream: UpstreamResponse) -> None:
         if not upstream.content_type.startswith("text/event-stream"):
-            upstream.close()
             raise UpstreamProtocolError(
                 "The upstream answered a streaming request without an event stream."
             )
-        return upstream
 
-    async def _pump(self, upstream: UpstreamResponse) -> None:
+    async def _pump(self, upstream: UpstreamResponse, deployment: Deployment) -> None:
         """Read, reassemble and forward until [DONE] or a failure."""
-        timeouts = self.deployment.timeouts
+        timeouts = deployment.timeouts
         keepalive = self.settings.keepalive_interval
-        first_deadline = self.started + timeouts.first_byte
+        first_deadline = self.loop.time() + timeouts.first_byte
         last_event = self.loop.time()
         while True:
             limit_at = first_deadline if self.outcome.events == 0 else last_event + timeouts.idle
@@ -269,7 +278,7 @@ class _Relay:
                     chunk = await upstream.read_chunk()
             except TimeoutError:
                 if self.loop.time() >= limit_at:
-                    raise self._timeout_error() from None
+                    raise self._timeout_error(deployment) from None
                 await self._write(KEEPALIVE_COMMENT)
                 continue
             if not chunk:
@@ -329,15 +338,14 @@ class _Relay:
                 return b"".join(parts), True
         return b"".join(parts), False
 
-    def _timeout_error(self) -> UpstreamTimeout:
-        timeouts = self.deployment.timeouts
+    def _timeout_error(self, deployment: Deployment) -> UpstreamTimeout:
+        timeouts = deployment.timeouts
         if self.outcome.events == 0:
             return UpstreamTimeout(
-                f"Deployment {self.deployment.name!r} sent no event within "
-                f"{timeouts.first_byte:g} s."
+                f"Deployment {deployment.name!r} sent no event within {timeouts.first_byte:g} s."
             )
         return UpstreamTimeout(
-            f"Deployment {self.deployment.name!r} sent nothing for {timeouts.idle:g} s."
+            f"Deployment {deployment.name!r} sent nothing for {timeouts.idle:g} s."
         )
 
     async def _prepare(self) -> web.StreamResponse:

@@ -1,22 +1,296 @@
-"""Model routes to deployments: which deployment serves the next request for a model."""
+"""Routing: which deployment serves a request, and what happens when it fails before its first byte.
+
+For each request the router builds a plan: the route's deployments in the order of its strategy
+(weighted random, least busy, lowest latency), then the deployments of each fallback model. It walks
+the plan, round again while attempts remain (so a lone deployment is retried too), skipping
+deployments whose circuit breaker is open and upstream keys that are cooling down after a 429. It
+retries on connect errors, timeouts and the configured statuses with full-jitter backoff,
+Retry-After honoured, within a retry budget and a total time. Nothing here runs after the first
+byte: from then on a failure is the relay's final error event.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
-from gateway.config import Deployment, ModelRoute
+from gateway import metrics
+from gateway.breaker import BreakerState, CircuitBreaker
+from gateway.config import Config, Deployment, ModelRoute
+from gateway.errors import (
+    GatewayError,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from gateway.upstream import UpstreamResponse, Upstreams
+
+LATENCY_WEIGHT = 0.2  # of each new sample in the moving average of time to first byte
 
 
-def choose_deployment(
-    route: ModelRoute,
-    deployments: Mapping[str, Deployment],
-    *,
-    rng: random.Random | None = None,
-) -> Deployment:
-    """Pick one of the route's deployments at random, in proportion to their weights."""
-    candidates = [deployments[name] for name in route.deployments]
-    if len(candidates) == 1:
-        return candidates[0]
-    weights = [d.weight for d in candidates]
-    return (rng or random).choices(candidates, weights=weights, k=1)[0]
+class KeyPool:
+    """An upstream deployment's API keys, rotated, with keys answered 429 resting a while."""
+
+    __slots__ = ("_clock", "_keys", "_next", "_resting")
+
+    def __init__(self, keys: tuple[str, ...], clock: Callable[[], float]) -> None:
+        self._keys = keys
+        self._clock = clock
+        self._next = 0
+        self._resting: dict[str, float] = {}
+
+    def pick(self) -> str | None:
+        """The next usable key; None when every key is resting (or the deployment has none: "")."""
+        if not self._keys:
+            return ""
+        now = self._clock()
+        for _ in range(len(self._keys)):
+            key = self._keys[self._next % len(self._keys)]
+            self._next += 1
+            if self._resting.get(key, 0.0) <= now:
+                return key
+        return None
+
+    def rest(self, key: str, seconds: float) -> None:
+        """Skip ``key`` for ``seconds``."""
+        if key:
+            self._resting[key] = self._clock() + seconds
+
+
+@dataclass(slots=True)
+class DeploymentHealth:
+    """What the router knows about one deployment in this worker."""
+
+    deployment: Deployment
+    breaker: CircuitBreaker
+    keys: KeyPool
+    latency: float | None = None  # moving average of time to first byte, seconds
+
+    def observe(self, seconds: float) -> None:
+        self.latency = (
+            seconds
+            if self.latency is None
+            else self.latency + LATENCY_WEIGHT * (seconds - self.latency)
+        )
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One step of a plan: a deployment and the route it serves the request for."""
+
+    health: DeploymentHealth
+    route: ModelRoute
+
+
+@dataclass(slots=True)
+class Opened:
+    """A response that arrived, and where it came from."""
+
+    response: UpstreamResponse
+    deployment: Deployment
+    route: ModelRoute
+    attempts: int = 1
+    failures: list[str] = field(default_factory=list)
+
+
+BodyFor = Callable[[ModelRoute], bytes]
+
+
+class Router:
+    """Plans and opens upstream requests for one worker."""
+
+    def __init__(
+        self,
+        config: Config,
+        upstreams: Upstreams,
+        in_flight: Callable[[], Mapping[str, int]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._upstreams = upstreams
+        self._in_flight = in_flight
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._retry = config.routing.retries
+        self._active = 0
+        self._retrying = 0
+        self.health = {
+            name: DeploymentHealth(
+                deployment,
+                CircuitBreaker(deployment.breaker, clock=clock, on_change=_export(name)),
+                KeyPool(deployment.api_keys, clock),
+            )
+            for name, deployment in config.deployments.items()
+        }
+
+    # -- planning ---------------------------------------------------------------------------------
+
+    def plan(self, route: ModelRoute) -> list[Attempt]:
+        """The deployments to try, in order: the route's, then each fallback model's."""
+        attempts: list[Attempt] = []
+        for current in (route, *(self._config.models[f] for f in route.fallbacks)):
+            attempts.extend(Attempt(h, current) for h in self._order(current))
+        return attempts
+
+    def _order(self, route: ModelRoute) -> list[DeploymentHealth]:
+        candidates = [self.health[name] for name in route.deployments]
+        if route.strategy == "least-busy":
+            busy = self._in_flight()
+            return sorted(
+                candidates, key=lambda h: (busy.get(h.deployment.name, 0), self._rng.random())
+            )
+        if route.strategy == "lowest-latency":
+            return sorted(candidates, key=lambda h: (h.latency or 0.0, self._rng.random()))
+        # Weighted random order: each position drawn in proportion to the remaining weights.
+        return sorted(
+            candidates, key=lambda h: -math.log(1.0 - self._rng.random()) / h.deployment.weight
+        )
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    async def open(self, route: ModelRoute, path: str, body_for: BodyFor) -> Opened:
+        """Send the request along the plan until a deployment answers; raise the last failure."""
+        self._active += 1
+        try:
+            return await self._walk(route, path, body_for)
+        finally:
+            self._active -= 1
+
+    async def _walk(self, route: ModelRoute, path: str, body_for: BodyFor) -> Opened:
+        deadline = self._clock() + self._retry.max_time
+        failures: list[str] = []
+        last: GatewayError | None = None
+        sent = 0
+        plan = self.plan(route)
+        turn = skipped = 0  # the plan is walked round again while attempts remain
+        while sent < self._retry.attempts and skipped < len(plan) and self._clock() < deadline:
+            attempt = plan[turn % len(plan)]
+            turn += 1
+            health = attempt.health
+            if not health.breaker.allow():
+                skipped += 1
+                continue
+            key = health.keys.pick()
+            if key is None:
+                health.breaker.release()
+                skipped += 1
+                continue
+            skipped = 0
+            if sent:
+                if not self._may_retry():
+                    health.breaker.release()
+                    break
+                delay = self._backoff(sent, last)
+                if self._clock() + delay >= deadline:
+                    health.breaker.release()
+                    break
+                self._retrying += 1
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self._retrying -= 1
+                metrics.UPSTREAM_RETRIES.labels(health.deployment.name, _reason(last)).inc()
+            sent += 1
+            started = self._clock()
+            try:
+                response = await self._upstreams.send(
+                    health.deployment, path, body_for(attempt.route), api_key=key or None
+                )
+            except UpstreamStatusError as exc:
+                if exc.upstream_status not in self._retry.statuses:
+                    health.breaker.success()  # the upstream is fine; the request is not
+                    raise
+                if exc.upstream_status == 429:
+                    health.breaker.release()
+                    health.keys.rest(key, _retry_after(exc) or self._config.routing.key_cooldown)
+                else:
+                    health.breaker.failure()
+                last = exc
+            except (UpstreamUnreachable, UpstreamTimeout) as exc:
+                health.breaker.failure()
+                last = exc
+            except BaseException:
+                health.breaker.release()
+                raise
+            else:
+                health.breaker.success()
+                health.observe(self._clock() - started)
+                if attempt.route is not route:
+                    metrics.FALLBACKS.labels(route.name, attempt.route.name).inc()
+                return Opened(response, health.deployment, attempt.route, sent, failures)
+            reason = _reason(last)
+            failures.append(f"{health.deployment.name}: {reason}")
+            metrics.UPSTREAM_ERRORS.labels(health.deployment.name, reason).inc()
+        if last is not None:
+            raise last
+        raise self._all_unavailable(route)
+
+    def _may_retry(self) -> bool:
+        """The retry budget: retries in flight stay under a share of the active requests."""
+        budget = max(self._retry.budget_min, int(self._retry.budget_ratio * self._active))
+        return self._retrying < budget
+
+    def _backoff(self, sent: int, last: GatewayError | None) -> float:
+        """Full jitter, and at least the upstream's Retry-After when it asked for one."""
+        ceiling = min(self._retry.backoff_max, self._retry.backoff_base * 2 ** (sent - 1))
+        delay = self._rng.uniform(0, ceiling)
+        if isinstance(last, UpstreamStatusError) and last.upstream_status != 429:
+            delay = max(delay, _retry_after(last) or 0.0)
+        return delay
+
+    def _all_unavailable(self, route: ModelRoute) -> ServiceUnavailable:
+        waits = [a.health.breaker.retry_in() for a in self.plan(route)]
+        retry_after = max(1, math.ceil(min(waits))) if waits else 1
+        return ServiceUnavailable(
+            f"No deployment can serve '{route.name}' right now (circuit breakers open or "
+            "upstream keys resting).",
+            code="no_healthy_deployment",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    def describe(self) -> dict[str, object]:
+        """Breaker states, latencies and load, for GET /health/detailed."""
+        busy = self._in_flight()
+        return {
+            name: {
+                "state": health.breaker.state.name.lower().replace("_", "-"),
+                "retry_in_s": round(health.breaker.retry_in(), 3),
+                "latency_ms": None if health.latency is None else round(health.latency * 1000, 2),
+                "in_flight": busy.get(name, 0),
+                "max_connections": health.deployment.max_connections,
+            }
+            for name, health in self.health.items()
+        }
+
+
+def _reason(error: GatewayError | None) -> str:
+    if isinstance(error, UpstreamStatusError):
+        return f"status_{error.upstream_status}"
+    return "unknown" if error is None else (error.code or type(error).__name__)
+
+
+def _retry_after(error: UpstreamError) -> float | None:
+    value = error.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _export(deployment: str) -> Callable[[BreakerState], None]:
+    gauge = metrics.BREAKER_STATE.labels(deployment)
+    gauge.set(BreakerState.CLOSED.value)
+
+    def changed(state: BreakerState) -> None:
+        gauge.set(state.value)
+        metrics.BREAKER_TRANSITIONS.labels(deployment, state.name.lower()).inc()
+
+    return changed

@@ -66,6 +66,10 @@ class Upstreams(Protocol):
         """Close everything."""
         ...
 
+    def in_flight(self) -> Mapping[str, int]:
+        """Requests in flight per deployment."""
+        ...
+
     async def send(
         self,
         deployment: Deployment,
@@ -73,8 +77,10 @@ class Upstreams(Protocol):
         body: bytes,
         *,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
     ) -> UpstreamResponse:
-        """Send a request and return once the response headers arrived."""
+        """Send a request and return once the response headers arrived (``api_key`` overrides
+        the deployment's first key)."""
         ...
 
 
@@ -221,6 +227,7 @@ class UpstreamPool:
         body: bytes,
         *,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
     ) -> UpstreamResponse:
         """POST ``body`` to the deployment and return once response headers arrived.
 
@@ -233,7 +240,7 @@ class UpstreamPool:
         if deployment.in_process:
             return await self._inprocess.send(path, body, headers or {}, lease.release)
         try:
-            response = await self._post(deployment, path, body, headers)
+            response = await self._post(deployment, path, body, headers, api_key)
         except BaseException:
             lease.release()
             raise
@@ -260,10 +267,12 @@ class UpstreamPool:
         path: str,
         body: bytes,
         extra_headers: Mapping[str, str] | None,
+        api_key: str | None,
     ) -> aiohttp.ClientResponse:
         request_headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        if deployment.api_key:
-            request_headers["Authorization"] = f"Bearer {deployment.api_key}"
+        key = api_key or deployment.api_key
+        if key:
+            request_headers["Authorization"] = f"Bearer {key}"
         if extra_headers:
             request_headers.update(extra_headers)
         session = self._sessions[deployment.name]

@@ -76,6 +76,9 @@ class FakeUpstreams:
     async def close(self) -> None:
         return None
 
+    def in_flight(self) -> dict[str, int]:
+        return {}
+
     async def send(
         self,
         deployment: Deployment,
@@ -83,6 +86,7 @@ class FakeUpstreams:
         body: bytes,
         *,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
     ) -> ScriptedResponse:
         self.sent.append((deployment.name, path, body))
         if self.error is not None:

@@ -68,6 +68,8 @@ def _event(request: web.Request, record: RequestRecord, status: int, now: float)
     key = request.get(API_KEY)
     outcome = record.stream
     usage = record.usage or (outcome.usage if outcome else None)
+    if record.deployment is None and outcome is not None:
+        record.deployment = outcome.deployment
     if usage is None:
         usage = _estimate(record, status)
     first = outcome.first_event_at if outcome else record.answered_at
@@ -124,9 +126,8 @@ def _observe(route: str, record: RequestRecord, event: StatsEvent) -> None:
         metrics.COMPLETION_TOKENS.labels(model, event.key_id).inc(event.completion_tokens)
     if record.stream is not None and event.status < 400:
         metrics.STREAM_TERMINATIONS.labels(event.termination).inc()
-    if isinstance(record.error, UpstreamError) and record.deployment:
-        metrics.UPSTREAM_ERRORS.labels(record.deployment, record.error.code or "error").inc()
-    elif record.stream is not None and isinstance(record.stream.error, UpstreamError):
+    # Failures before the first byte are counted by the router, per attempt.
+    if record.stream is not None and isinstance(record.stream.error, UpstreamError):
         metrics.UPSTREAM_ERRORS.labels(
             record.deployment or "unknown", record.stream.error.code or "error"
         ).inc()

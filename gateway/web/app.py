@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.config import Config
 from gateway.relay import LiveStreams, Termination
+from gateway.router import Router
 from gateway.stats import StatsSidecar
 from gateway.store import Store, StoreUnavailable, describe, make_store
 from gateway.upstream import UpstreamPool, Upstreams
@@ -18,7 +19,7 @@ from gateway.web import handlers
 from gateway.web.accounting import SIDECAR, accounting_middleware
 from gateway.web.admin import add_admin_routes
 from gateway.web.auth import AUTHENTICATOR, Authenticator, auth_middleware
-from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, STORE, WORKER_STATE, WorkerState
+from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, ROUTER, STORE, WORKER_STATE, WorkerState
 from gateway.web.middlewares import (
     add_response_headers,
     cors_middleware,
@@ -54,6 +55,7 @@ def make_app(
     app[WORKER_STATE] = WorkerState()
     app[POOL] = upstreams or UpstreamPool(config)
     app[STORE] = store or make_store(config.store)
+    app[ROUTER] = Router(config, app[POOL], app[POOL].in_flight)
     app[SIDECAR] = StatsSidecar(app[STORE], config.stats)
     app[AUTHENTICATOR] = Authenticator(app[STORE], config.auth, config.store)
     # Started in this order, stopped in reverse: stats are flushed before the store closes.
@@ -67,6 +69,7 @@ def make_app(
     app.router.add_get("/v1/models/{model}", handlers.get_model)
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/health/ready", handlers.ready)
+    app.router.add_get("/health/detailed", handlers.health_detailed)
     app.router.add_get("/metrics", handlers.metrics_exposition)
     add_admin_routes(app)
     return app

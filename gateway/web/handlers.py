@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 from aiohttp import web
 
 from gateway import metrics
-from gateway.config import ServerSettings
+from gateway.config import ModelRoute, ServerSettings
 from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestTimeout
 from gateway.keys import check_model
 from gateway.openai import Endpoint, parse_request, usage_in_body
 from gateway.relay import StreamOutcome, relay_stream
-from gateway.router import choose_deployment
 from gateway.store import StoreUnavailable
-from gateway.web.accounting import RECORD
+from gateway.web.accounting import RECORD, SIDECAR
 from gateway.web.auth import API_KEY
-from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, STORE, WORKER_STATE
+from gateway.web.keys import CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
 
 log = logging.getLogger("gateway.web")
 _CREATED = int(time.time())
@@ -57,6 +57,20 @@ async def get_model(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     """GET /health: the process is alive."""
     return web.json_response({"status": "ok"})
+
+
+async def health_detailed(request: web.Request) -> web.Response:
+    """GET /health/detailed: this worker's view of every deployment and its own queues."""
+    app = request.app
+    return web.json_response(
+        {
+            "status": "draining" if app[WORKER_STATE].draining else "ready",
+            "pid": os.getpid(),
+            "live_streams": len(app[LIVE_STREAMS]),
+            "stats": app[SIDECAR].statistics()._asdict(),
+            "deployments": app[ROUTER].describe(),
+        }
+    )
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -107,18 +121,16 @@ async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         check_model(key, parsed.model)
         if key.max_requests is not None:
             await _take_request(request, key.id, key.max_requests)
-    deployment = choose_deployment(route, config.deployments)
-    record.deployment = deployment.name
-    loop = asyncio.get_running_loop()
-    opening = request.app[POOL].send(
-        deployment, endpoint.value, parsed.upstream_body(route.upstream_name(parsed.model))
-    )
+
+    def body_for(serving: ModelRoute) -> bytes:
+        return parsed.upstream_body(serving.upstream_name(parsed.model))
+
+    opening = request.app[ROUTER].open(route, endpoint.value, body_for)
     if parsed.stream:
         record.stream = StreamOutcome()
         return await relay_stream(
             request,
             opening,
-            deployment=deployment,
             settings=config.server,
             live=request.app[LIVE_STREAMS],
             started=record.started,
@@ -126,10 +138,12 @@ async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             strip_usage=not parsed.client_wants_usage,
             observe_gap=metrics.INTER_EVENT.labels(parsed.model).observe,
         )
-    upstream = await opening
-    record.answered_at = loop.time()
+    opened = await opening
+    record.deployment = opened.deployment.name
+    record.answered_at = asyncio.get_running_loop().time()
+    upstream = opened.response
     try:
-        async with asyncio.timeout(deployment.timeouts.idle):
+        async with asyncio.timeout(opened.deployment.timeouts.idle):
             body = await upstream.read_body(config.server.max_upstream_body_bytes)
     finally:
         upstream.close()

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.relay import LiveStreams
+from gateway.router import Router
 from gateway.store.base import Store
 from gateway.upstream import Upstreams
 
@@ -24,3 +25,4 @@ POOL = web.AppKey("upstreams", Upstreams)
 LIVE_STREAMS = web.AppKey("live_streams", LiveStreams)
 WORKER_STATE = web.AppKey("worker_state", WorkerState)
 STORE = web.AppKey("store", Store)
+ROUTER = web.AppKey("router", Router)

@@ -1,0 +1,204 @@
+"""The router's plans, retries, key pool and breakers, against an upstream that follows a script."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from gateway.breaker import BreakerState
+from gateway.config import Config, Deployment, ModelRoute, load_config
+from gateway.errors import (
+    GatewayError,
+    ServiceUnavailable,
+    UpstreamStatusError,
+    UpstreamUnreachable,
+)
+from gateway.router import Router
+
+
+class ScriptedUpstreams:
+    """Each deployment fails with its scripted errors in turn, then answers (or always fails)."""
+
+    def __init__(self) -> None:
+        self.failing: dict[str, list[GatewayError]] = collections.defaultdict(list)
+        self.down: dict[str, GatewayError] = {}
+        self.by_key: dict[str, GatewayError] = {}
+        self.sent: list[tuple[str, str | None]] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def in_flight(self) -> Mapping[str, int]:
+        return {}
+
+    async def send(
+        self,
+        deployment: Deployment,
+        path: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+    ) -> Any:
+        self.sent.append((deployment.name, api_key))
+        if api_key in self.by_key:
+            raise self.by_key[api_key]
+        if deployment.name in self.down:
+            raise self.down[deployment.name]
+        if self.failing[deployment.name]:
+            raise self.failing[deployment.name].pop(0)
+        return deployment.name
+
+
+def config(**routing: Any) -> Config:
+    return load_config(
+        None,
+        {},
+        overrides={
+            "routing": {
+                "retries": {"backoff_base": 0.001, "backoff_max": 0.002, **routing},
+                "breaker": {"failures": 3, "recovery": 30},
+            },
+            "deployments": {
+                "a": {"base_url": "http://a/v1", "models": ["m"], "weight": 3},
+                "b": {"base_url": "http://b/v1", "models": ["m"], "weight": 1},
+                "c": {"base_url": "http://c/v1", "models": ["other"], "api_keys": ["k1", "k2"]},
+            },
+            "models": {
+                "m": {"deployments": ["a", "b"], "fallbacks": ["other"]},
+                "other": {"deployments": ["c"]},
+                "a-only": {"deployments": ["a"]},
+            },
+        },
+    )
+
+
+def make_router(cfg: Config, upstreams: ScriptedUpstreams, **kwargs: Any) -> Router:
+    return Router(cfg, upstreams, upstreams.in_flight, rng=random.Random(7), **kwargs)  # type: ignore[arg-type]
+
+
+def route(cfg: Config, name: str) -> ModelRoute:
+    found = cfg.route_for(name)
+    assert found is not None
+    return found
+
+
+def body_for(serving: ModelRoute) -> bytes:
+    return serving.name.encode()
+
+
+def server_error(status: int = 500, retry_after: str | None = None) -> UpstreamStatusError:
+    return UpstreamStatusError(status, b'{"error": {"message": "x"}}', retry_after=retry_after)
+
+
+async def test_weighted_random_follows_the_weights() -> None:
+    cfg = config()
+    router = make_router(cfg, ScriptedUpstreams())
+    plan = route(cfg, "m")
+    firsts = collections.Counter(router.plan(plan)[0].health.deployment.name for _ in range(4000))
+    assert 0.70 < firsts["a"] / 4000 < 0.80  # weight 3 of 4
+
+
+async def test_plan_ends_with_the_fallback_models() -> None:
+    cfg = config()
+    plan = make_router(cfg, ScriptedUpstreams()).plan(route(cfg, "m"))
+    assert [a.health.deployment.name for a in plan][2:] == ["c"]
+    assert plan[2].route.name == "other"
+
+
+async def test_failure_before_first_byte_is_retried_on_another_deployment() -> None:
+    cfg = config()
+    upstreams = ScriptedUpstreams()
+    upstreams.down["a"] = UpstreamUnreachable("refused")
+    router = make_router(cfg, upstreams)
+    for _ in range(10):
+        opened = await router.open(route(cfg, "m"), "/chat/completions", body_for)
+        assert opened.deployment.name == "b"
+    # Three consecutive failures opened a's breaker: later requests went straight to b.
+    assert [name for name, _ in upstreams.sent].count("a") == 3
+    assert router.health["a"].breaker.state is BreakerState.OPEN
+
+
+async def test_every_deployment_failing_falls_back_to_the_next_model() -> None:
+    cfg = config()
+    upstreams = ScriptedUpstreams()
+    upstreams.down["a"] = upstreams.down["b"] = server_error(502)
+    opened = await make_router(cfg, upstreams).open(route(cfg, "m"), "/x", body_for)
+    assert opened.deployment.name == "c"
+    assert opened.route.name == "other"
+    assert opened.attempts == 3
+
+
+async def test_non_retryable_status_is_returned_at_once() -> None:
+    cfg = config()
+    upstreams = ScriptedUpstreams()
+    upstreams.down["a"] = upstreams.down["b"] = server_error(400)
+    with pytest.raises(UpstreamStatusError) as caught:
+        await make_router(cfg, upstreams).open(route(cfg, "m"), "/x", body_for)
+    assert caught.value.upstream_status == 400
+    assert len(upstreams.sent) == 1
+
+
+async def test_attempts_are_bounded() -> None:
+    cfg = config(attempts=2)
+    upstreams = ScriptedUpstreams()
+    upstreams.down["a"] = upstreams.down["b"] = upstreams.down["c"] = server_error(503)
+    with pytest.raises(UpstreamStatusError):
+        await make_router(cfg, upstreams).open(route(cfg, "m"), "/x", body_for)
+    assert len(upstreams.sent) == 2
+
+
+async def test_all_breakers_open_fails_fast_with_retry_after() -> None:
+    cfg = config()
+    upstreams = ScriptedUpstreams()
+    upstreams.down["a"] = UpstreamUnreachable("refused")
+    router = make_router(cfg, upstreams)
+    with pytest.raises(UpstreamUnreachable):  # three attempts on a, the only deployment
+        await router.open(route(cfg, "a-only"), "/x", body_for)
+    sent = len(upstreams.sent)
+    assert sent == 3
+    with pytest.raises(ServiceUnavailable) as caught:
+        await router.open(route(cfg, "a-only"), "/x", body_for)
+    assert len(upstreams.sent) == sent  # no upstream call
+    assert 29 <= int(caught.value.headers["Retry-After"]) <= 30
+    assert router.describe()["a"]["state"] == "open"  # type: ignore[index]
+
+
+async def test_a_key_answered_429_rests_for_its_retry_after() -> None:
+    now = [0.0]
+    cfg = config()
+    upstreams = ScriptedUpstreams()
+    upstreams.by_key["k1"] = server_error(429, retry_after="20")
+    router = make_router(cfg, upstreams, clock=lambda: now[0])
+    for _ in range(4):
+        opened = await router.open(route(cfg, "other"), "/x", body_for)
+        assert opened.deployment.name == "c"
+    assert [key for _, key in upstreams.sent] == ["k1", "k2", "k2", "k2", "k2"]
+    assert router.health["c"].breaker.state is BreakerState.CLOSED  # 429 is not ill health
+    now[0] = 21.0
+    del upstreams.by_key["k1"]
+    await router.open(route(cfg, "other"), "/x", body_for)
+    assert upstreams.sent[-1] == ("c", "k1")
+
+
+async def test_retry_budget_limits_concurrent_retries() -> None:
+    cfg = config(budget_min=1, budget_ratio=0.01, backoff_base=0.2, backoff_max=0.2)
+    upstreams = ScriptedUpstreams()
+    for name in ("a", "b"):
+        upstreams.failing[name] = [server_error(503) for _ in range(5)]
+    router = make_router(cfg, upstreams)
+    results = await asyncio.gather(
+        *(router.open(route(cfg, "a-only"), "/x", body_for) for _ in range(5)),
+        return_exceptions=True,
+    )
+    # Five first attempts failed; with a budget of one retry at a time, some gave up at once.
+    assert any(isinstance(r, UpstreamStatusError) for r in results)
+    assert len(upstreams.sent) < 10
