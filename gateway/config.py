@@ -95,6 +95,7 @@ class ServerSettings:
     write_stall_timeout: float = 30.0
     drain_grace: float = 30.0
     cors_origins: tuple[str, ...] = ()
+    max_streams: int = 4096  # /v1 requests in flight per worker; beyond it an immediate 503
     log_level: str = "info"
     access_log: bool = True
 
@@ -156,6 +157,32 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Rate limits: per API key, per client IP and global. None means no limit.
+
+    A key's own ``rpm``/``tpm`` (``keys create --rpm/--tpm``) win over ``key_rpm``/``key_tpm``.
+    """
+
+    key_rpm: int | None = None
+    key_tpm: int | None = None
+    key_concurrent: int | None = None  # requests in flight per key
+    ip_rpm: int | None = None
+    global_rps: int | None = None
+    default_max_tokens: int = 1024  # completion tokens reserved when a request sets no max_tokens
+    client_ip_header: str | None = None  # e.g. X-Real-IP, only behind a proxy that sets it
+    redis_timeout: float = 0.25  # a limiter call slower than this falls back to local limits
+    stream_lease: float = 3600.0  # a concurrency slot held longer than this is freed (crashes)
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is configured (keys may still carry their own)."""
+        return any(
+            v is not None
+            for v in (self.key_rpm, self.key_tpm, self.key_concurrent, self.ip_rpm, self.global_rps)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration of one gateway instance."""
 
@@ -167,6 +194,7 @@ class Config:
     stats: StatsSettings = StatsSettings()
     auth: AuthSettings = AuthSettings()
     routing: RoutingSettings = RoutingSettings()
+    limits: LimitSettings = LimitSettings()
 
     @property
     def embedded_demo(self) -> bool:
@@ -185,7 +213,16 @@ class Config:
 # -- loading -------------------------------------------------------------------------------------
 
 _SERVER_KEYS = {f.name for f in dataclasses.fields(ServerSettings)}
-_TOP_LEVEL_KEYS = {"server", "deployments", "models", "store", "stats", "auth", "routing"}
+_TOP_LEVEL_KEYS = {
+    "server",
+    "deployments",
+    "models",
+    "store",
+    "stats",
+    "auth",
+    "routing",
+    "limits",
+}
 # Short environment names for settings people set most: LLM_GATEWAY_REDIS_URL and so on.
 _ENV_ALIASES = {
     "redis_url": ["store", "redis_url"],
@@ -317,7 +354,28 @@ def _build(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> C
         stats=_build_stats(_mapping(raw.get("stats", {}), "stats", source), source),
         auth=_build_auth(_mapping(raw.get("auth", {}), "auth", source), source, environ),
         routing=routing,
+        limits=_build_limits(_mapping(raw.get("limits", {}), "limits", source), source),
     )
+
+
+def _build_limits(raw: Mapping[str, Any], source: str) -> LimitSettings:
+    _reject_unknown(raw, {f.name for f in dataclasses.fields(LimitSettings)}, "limits.", source)
+    values: dict[str, Any] = {}
+    for name in ("key_rpm", "key_tpm", "key_concurrent", "ip_rpm", "global_rps"):
+        if raw.get(name) is not None:
+            values[name] = _integer(raw[name], f"limits.{name}", source, minimum=1)
+    if "default_max_tokens" in raw:
+        values["default_max_tokens"] = _integer(
+            raw["default_max_tokens"], "limits.default_max_tokens", source, minimum=1
+        )
+    if raw.get("client_ip_header") is not None:
+        values["client_ip_header"] = _string(
+            raw["client_ip_header"], "limits.client_ip_header", source
+        )
+    for name in ("redis_timeout", "stream_lease"):
+        if name in raw:
+            values[name] = _positive(raw[name], f"limits.{name}", source)
+    return LimitSettings(**values)
 
 
 def _build_breaker(raw: Any, key: str, source: str, base: BreakerSettings) -> BreakerSettings:

@@ -124,6 +124,15 @@ BREAKER_TRANSITIONS = Counter(
     "Breaker state changes, by deployment and state.",
     ["deployment", "state"],
 )
+RATE_LIMITED = Counter(
+    "llm_gateway_rate_limited_total",
+    "Requests refused by a rate limit or the worker's admission cap, by scope.",
+    ["scope"],
+)
+RATE_LIMIT_FALLBACKS = Counter(
+    "llm_gateway_rate_limit_fallbacks_total",
+    "Rate-limiter calls answered by the worker's local limits because Redis did not answer.",
+)
 UPSTREAM_RETRIES = Counter(
     "llm_gateway_upstream_retries_total",
     "Attempts sent after an earlier one failed, by the deployment tried and the failure.",

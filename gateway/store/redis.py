@@ -30,6 +30,7 @@ from redis.typing import EncodableT, FieldT
 from gateway.store.base import KeyCounters, KeyRecord, StoreUnavailable, UsageDelta, UsageRow
 
 BATCH_MEMORY_SECONDS = 7 * 86400
+MAX_CONNECTIONS = 32  # per worker, shared by the store, the key cache and the rate limiter
 _USAGE_COUNTERS = (
     "requests",
     "prompt_tokens",
@@ -71,16 +72,26 @@ class RedisStore:
     def __init__(self, url: str, *, prefix: str = "llmgw", timeout: float = 2.0) -> None:
         self._prefix = prefix
         self._timeout = timeout
-        self._redis = aioredis.Redis.from_url(
+        # Bounded: a burst of requests waits for one of the pooled connections (within the
+        # timeout) instead of opening a connection each.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry_on_timeout=False,
             decode_responses=True,
             health_check_interval=30,
         )
+        self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._apply = self._redis.register_script(_APPLY)
         self._take = self._redis.register_script(_TAKE)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool, shared with the rate limiter."""
+        return self._redis
 
     def _key(self, key_id: str, part: str) -> str:
         return f"{self._prefix}:{{k:{key_id}}}:{part}"

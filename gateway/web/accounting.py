@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ class RequestRecord:
     error: GatewayError | None = None
     cache_hit: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Called with the final event once the request ended (settling rate limits, for one).
+    finishers: list[Callable[[StatsEvent], None]] = field(default_factory=list)
 
 
 RECORD = web.RequestKey("request_record", RequestRecord)
@@ -62,6 +65,8 @@ async def accounting_middleware(request: web.Request, handler: Handler) -> web.S
         event = _event(request, record, status, loop.time())
         request.app[SIDECAR].publish(event)
         _observe(request.path, record, event)
+        for finish in record.finishers:
+            finish(event)
 
 
 def _event(request: web.Request, record: RequestRecord, status: int, now: float) -> StatsEvent:

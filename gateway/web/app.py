@@ -10,16 +10,19 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.config import Config
+from gateway.ratelimit import RateLimiter
 from gateway.relay import LiveStreams, Termination
 from gateway.router import Router
 from gateway.stats import StatsSidecar
 from gateway.store import Store, StoreUnavailable, describe, make_store
+from gateway.store.redis import RedisStore
 from gateway.upstream import UpstreamPool, Upstreams
 from gateway.web import handlers
 from gateway.web.accounting import SIDECAR, accounting_middleware
 from gateway.web.admin import add_admin_routes
 from gateway.web.auth import AUTHENTICATOR, Authenticator, auth_middleware
 from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, ROUTER, STORE, WORKER_STATE, WorkerState
+from gateway.web.limits import LIMITER
 from gateway.web.middlewares import (
     add_response_headers,
     cors_middleware,
@@ -58,8 +61,15 @@ def make_app(
     app[ROUTER] = Router(config, app[POOL], app[POOL].in_flight)
     app[SIDECAR] = StatsSidecar(app[STORE], config.stats)
     app[AUTHENTICATOR] = Authenticator(app[STORE], config.auth, config.store)
+    store_now = app[STORE]
+    app[LIMITER] = RateLimiter(
+        store_now.client if isinstance(store_now, RedisStore) else None,
+        prefix=config.store.redis_prefix,
+        timeout=config.limits.redis_timeout,
+        lease_seconds=config.limits.stream_lease,
+    )
     # Started in this order, stopped in reverse: stats are flushed before the store closes.
-    app.cleanup_ctx.extend([_store, _sidecar, _upstream_pool])
+    app.cleanup_ctx.extend([_store, _sidecar, _limiter, _upstream_pool])
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain_streams)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
@@ -94,6 +104,11 @@ async def _sidecar(app: web.Application) -> AsyncIterator[None]:
     await sidecar.stop(time.monotonic() + FINAL_FLUSH_SECONDS)
     stats = sidecar.statistics()
     log.info("stats flushed at shutdown", extra=stats._asdict())
+
+
+async def _limiter(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[LIMITER].close()  # settle what finished requests booked, before the store closes
 
 
 async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:

@@ -19,6 +19,7 @@ from gateway.store import StoreUnavailable
 from gateway.web.accounting import RECORD, SIDECAR
 from gateway.web.auth import API_KEY
 from gateway.web.keys import CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
+from gateway.web.limits import admit, over_capacity
 
 log = logging.getLogger("gateway.web")
 _CREATED = int(time.time())
@@ -105,6 +106,18 @@ async def read_body(request: web.Request, settings: ServerSettings) -> bytes:
 
 
 async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    worker = request.app[WORKER_STATE]
+    cap = request.app[CONFIG].server.max_streams
+    if worker.in_flight >= cap:
+        raise over_capacity(cap)
+    worker.in_flight += 1
+    try:
+        return await _serve(request, endpoint)
+    finally:
+        worker.in_flight -= 1
+
+
+async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     config = request.app[CONFIG]
     record = request[RECORD]
     parsed = parse_request(await read_body(request, config.server), endpoint)
@@ -119,8 +132,11 @@ async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     key = request.get(API_KEY)
     if key is not None:
         check_model(key, parsed.model)
-        if key.max_requests is not None:
-            await _take_request(request, key.id, key.max_requests)
+    if key is not None or config.limits.any:
+        admission = await admit(request, parsed, key, config.limits)
+        record.finishers.append(admission.finish)
+    if key is not None and key.max_requests is not None:
+        await _take_request(request, key.id, key.max_requests)
 
     def body_for(serving: ModelRoute) -> bytes:
         return parsed.upstream_body(serving.upstream_name(parsed.model))

@@ -18,6 +18,7 @@ class WorkerState:
     """Mutable facts about this worker that handlers read."""
 
     draining: bool = False
+    in_flight: int = 0  # /v1 requests being served, for the admission cap
 
 
 CONFIG = web.AppKey("config", Config)

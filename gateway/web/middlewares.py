@@ -33,7 +33,11 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Resource-Policy": "same-site",
 }
-EXPOSED_HEADERS = "X-Request-Id, Retry-After"
+EXPOSED_HEADERS = (
+    "X-Request-Id, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+)
+# Headers a handler wants on its response, streamed or not (rate-limit state, for one).
+RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])
 _REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -129,6 +133,10 @@ async def add_response_headers(request: web.BaseRequest, response: web.StreamRes
     for name, value in SECURITY_HEADERS.items():
         headers.setdefault(name, value)
     if isinstance(request, web.Request):
+        extra = request.get(RESPONSE_HEADERS)
+        if extra:
+            for name, value in extra.items():
+                headers.setdefault(name, value)
         origin = _allowed_origin(request)
         if origin is not None:
             headers["Access-Control-Allow-Origin"] = origin
