@@ -105,11 +105,15 @@ def start_mock(name: str, cpu: int) -> Server:
     )
 
 
-def start_gateway(cpu: int, mock_port: int, workdir: Path) -> Server:
-    """`llm-gateway serve` with one worker, pinned to ``cpu``, in front of the mock."""
-    config = workdir / "bench-gateway.yaml"
-    config.write_text(
-        f"""
+def start_gateway(
+    cpu: int, mock_port: int, workdir: Path, *, config: str | None = None, name: str = "gateway"
+) -> Server:
+    """`llm-gateway serve` with one worker, pinned to ``cpu``, in front of the mock (or with the
+    YAML ``config`` given)."""
+    path = workdir / f"bench-{name}.yaml"
+    path.write_text(
+        config
+        or f"""
 server:
   access_log: false
   log_level: warning
@@ -122,5 +126,5 @@ deployments:
 """
     )
     port = free_port()
-    args = [str(BIN / "llm-gateway"), "serve", "--config", str(config), "--port", str(port)]
-    return _start("gateway", cpu, args, port, {})
+    args = [str(BIN / "llm-gateway"), "serve", "--config", str(path), "--port", str(port)]
+    return _start(name, cpu, args, port, {})

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from benchmarks import loadgen
+from benchmarks import failover, loadgen
 from benchmarks.processes import Server, start_gateway, start_mock
 
 PATH = "/v1/chat/completions"
@@ -181,14 +181,8 @@ async def measure(port: int, server: Server, only: set[str]) -> dict[str, float]
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", nargs="*", default=[], help="scenario names to run")
-    args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    os.sched_setaffinity(0, {1})
-    workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-bench-"))
+def core(only: set[str], workdir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """The main scenarios, against the gateway and directly against a mock."""
     servers: list[Server] = []
     try:
         upstream = start_mock("mock-behind-gateway", cpu=1)
@@ -197,19 +191,34 @@ def main() -> None:
         servers.append(direct_mock)
         gateway = start_gateway(cpu=0, mock_port=upstream.port, workdir=workdir)
         servers.append(gateway)
-        only = set(args.only)
         gateway_figures = uvloop.run(measure(gateway.port, gateway, only))
         direct_figures = uvloop.run(measure(direct_mock.port, direct_mock, only))
     finally:
         for server in servers:
             server.stop()
-    print(table(gateway_figures, direct_figures))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_bytes(
-        orjson.dumps(
-            {"gateway": gateway_figures, "direct": direct_figures}, option=orjson.OPT_INDENT_2
-        )
+    return gateway_figures, direct_figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="scenario names to run (failover: that one alone)"
     )
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    os.sched_setaffinity(0, {1})
+    workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-bench-"))
+    only = set(args.only)
+    results: dict[str, Any] = {}
+    if not only or only - {"failover"}:
+        results["gateway"], results["direct"] = core(only - {"failover"}, workdir)
+        print(table(results["gateway"], results["direct"]))
+    if not only or "failover" in only:
+        results["failover"] = uvloop.run(failover.scenario(workdir))
+        print(failover.table(results["failover"]))
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     print(f"(results also in {RESULTS})")
 
 
