@@ -143,12 +143,26 @@ FALLBACKS = Counter(
 )
 
 
-def initialise(*, stream_causes: list[str]) -> None:
+def initialise(
+    *,
+    stream_causes: list[str],
+    deployments: list[str],
+    breaker_states: list[str],
+    fallbacks: list[tuple[str, str]],
+    limit_scopes: list[str],
+) -> None:
     """Create the known label values at zero, so rates and alerts have series from the start."""
     for result in ("hit", "miss"):
         CACHE_LOOKUPS.labels(result)
     for cause in stream_causes:
         STREAM_TERMINATIONS.labels(cause)
+    for deployment in deployments:
+        for state in breaker_states:
+            BREAKER_TRANSITIONS.labels(deployment, state)
+    for model, fallback in fallbacks:
+        FALLBACKS.labels(model, fallback)
+    for scope in limit_scopes:
+        RATE_LIMITED.labels(scope)
 
 
 def _render() -> bytes:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import metrics
+from gateway.breaker import BreakerState
 from gateway.config import Config
 from gateway.ratelimit import RateLimiter
 from gateway.relay import LiveStreams, Termination
@@ -22,7 +23,7 @@ from gateway.web.accounting import SIDECAR, accounting_middleware
 from gateway.web.admin import add_admin_routes
 from gateway.web.auth import AUTHENTICATOR, Authenticator, auth_middleware
 from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, ROUTER, STORE, WORKER_STATE, WorkerState
-from gateway.web.limits import LIMITER
+from gateway.web.limits import LIMIT_SCOPES, LIMITER
 from gateway.web.middlewares import (
     add_response_headers,
     cors_middleware,
@@ -116,7 +117,14 @@ async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:
     await pool.start()
     for deployment in app[CONFIG].deployments.values():
         metrics.UPSTREAM_CAPACITY.labels(deployment.name).set(deployment.max_connections)
-    metrics.initialise(stream_causes=[cause.value for cause in Termination])
+    config = app[CONFIG]
+    metrics.initialise(
+        stream_causes=[cause.value for cause in Termination],
+        deployments=list(config.deployments),
+        breaker_states=[state.name.lower() for state in BreakerState],
+        fallbacks=[(m.name, f) for m in config.models.values() for f in m.fallbacks],
+        limit_scopes=LIMIT_SCOPES,
+    )
     yield
     await pool.close()
 

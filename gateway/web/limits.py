@@ -33,6 +33,8 @@ _MESSAGES = {
     "key_concurrent": "This API key has too many requests in flight.",
 }
 
+LIMIT_SCOPES = [*_MESSAGES, "worker_capacity"]
+
 
 @dataclass(slots=True)
 class Admission:

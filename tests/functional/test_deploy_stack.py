@@ -44,9 +44,10 @@ async def test_every_metric_in_dashboard_and_alerts_is_exported(
     start_gateway, mock_upstream: Proc, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """After some traffic, a running gateway exports every metric the dashboard and alerts use."""
-    proc: Proc = start_gateway(
-        "--config", str(write_config(tmp_path, mock_upstream.url)), workers=2
-    )
+    config = write_config(tmp_path, mock_upstream.url)
+    with config.open("a") as models:  # a fallback, so its series exist
+        models.write("  with-fallback: {deployments: [mock], fallbacks: [alias]}\n")
+    proc: Proc = start_gateway("--config", str(config), workers=2)
     for body in (
         chat_body("mock-gpt"),
         chat_body("mock-gpt", stream=False),
