@@ -217,6 +217,14 @@ class Router:
             except (UpstreamUnreachable, UpstreamTimeout) as exc:
                 health.breaker.failure()
                 last = exc
+            except ServiceUnavailable as exc:
+                # The deployment is at its own concurrency limit: nothing was sent, so this is
+                # neither an attempt nor ill health; try the next one.
+                health.breaker.release()
+                sent -= 1
+                skipped += 1
+                last = exc
+                continue
             except BaseException:
                 health.breaker.release()
                 raise

@@ -202,3 +202,39 @@ async def test_retry_budget_limits_concurrent_retries() -> None:
     # Five first attempts failed; with a budget of one retry at a time, some gave up at once.
     assert any(isinstance(r, UpstreamStatusError) for r in results)
     assert len(upstreams.sent) < 10
+
+
+async def test_a_full_deployment_is_passed_over_without_counting_as_a_failure() -> None:
+    cfg = config()
+    upstreams = ScriptedUpstreams()
+    upstreams.down["a"] = ServiceUnavailable("full", code="upstream_pool_full")
+    router = make_router(cfg, upstreams)
+    for _ in range(10):
+        assert (await router.open(route(cfg, "m"), "/x", body_for)).deployment.name == "b"
+    assert router.health["a"].breaker.state is BreakerState.CLOSED
+
+
+async def test_least_busy_and_lowest_latency_orders() -> None:
+    cfg = load_config(
+        None,
+        {},
+        overrides={
+            "deployments": {
+                "a": {"base_url": "http://a/v1", "models": ["m"]},
+                "b": {"base_url": "http://b/v1", "models": ["m"]},
+            },
+            "models": {
+                "busy": {"deployments": ["a", "b"], "strategy": "least-busy"},
+                "quick": {"deployments": ["a", "b"], "strategy": "lowest-latency"},
+            },
+        },
+    )
+    load = {"a": 5, "b": 1}
+    router = Router(cfg, ScriptedUpstreams(), lambda: load)  # type: ignore[arg-type]
+    assert [x.health.deployment.name for x in router.plan(route(cfg, "busy"))] == ["b", "a"]
+    load.update(a=0)
+    assert [x.health.deployment.name for x in router.plan(route(cfg, "busy"))] == ["a", "b"]
+    for seconds in (0.5, 0.4, 0.6):
+        router.health["a"].observe(seconds)
+        router.health["b"].observe(seconds / 10)
+    assert [x.health.deployment.name for x in router.plan(route(cfg, "quick"))] == ["b", "a"]
