@@ -182,6 +182,28 @@ class LimitSettings:
         )
 
 
+CACHE_MODES = ("off", "deterministic", "all")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The exact-match response cache and the coalescing of identical requests in flight."""
+
+    mode: str = "deterministic"  # off | deterministic (temperature 0 or a seed) | all
+    scope: str = "key"  # key: each API key sees its own entries | global
+    ttl: float = 300.0
+    model_ttls: tuple[tuple[str, float], ...] = ()
+    max_object_bytes: int = 1024 * 1024
+    max_entries: int = 10_000  # in memory
+    max_bytes: int = 256 * 1024 * 1024  # in memory
+    backend: str = "auto"  # auto (Redis when the store is Redis) | memory | redis
+    coalesce: bool = True
+    redis_timeout: float = 0.25
+
+    def ttl_for(self, model: str) -> float:
+        return dict(self.model_ttls).get(model, self.ttl)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration of one gateway instance."""
@@ -195,6 +217,7 @@ class Config:
     auth: AuthSettings = AuthSettings()
     routing: RoutingSettings = RoutingSettings()
     limits: LimitSettings = LimitSettings()
+    cache: CacheSettings = CacheSettings()
 
     @property
     def embedded_demo(self) -> bool:
@@ -222,6 +245,7 @@ _TOP_LEVEL_KEYS = {
     "auth",
     "routing",
     "limits",
+    "cache",
 }
 # Short environment names for settings people set most: LLM_GATEWAY_REDIS_URL and so on.
 _ENV_ALIASES = {
@@ -355,7 +379,40 @@ def _build(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> C
         auth=_build_auth(_mapping(raw.get("auth", {}), "auth", source), source, environ),
         routing=routing,
         limits=_build_limits(_mapping(raw.get("limits", {}), "limits", source), source),
+        cache=_build_cache(_mapping(raw.get("cache", {}), "cache", source), source),
     )
+
+
+def _build_cache(raw: Mapping[str, Any], source: str) -> CacheSettings:
+    _reject_unknown(raw, {f.name for f in dataclasses.fields(CacheSettings)}, "cache.", source)
+    values: dict[str, Any] = {}
+    for name, allowed in (
+        ("mode", CACHE_MODES),
+        ("scope", ("key", "global")),
+        ("backend", ("auto", "memory", "redis")),
+    ):
+        if name in raw:
+            value = "off" if raw[name] is False else raw[name]
+            if value not in allowed:
+                raise ConfigError(
+                    f"{source}: cache.{name}: must be one of {', '.join(allowed)}, "
+                    f"got {_shown(value)}"
+                )
+            values[name] = value
+    for name in ("ttl", "redis_timeout"):
+        if name in raw:
+            values[name] = _positive(raw[name], f"cache.{name}", source)
+    for name in ("max_object_bytes", "max_entries", "max_bytes"):
+        if name in raw:
+            values[name] = _integer(raw[name], f"cache.{name}", source, minimum=1)
+    if "coalesce" in raw:
+        values["coalesce"] = _boolean(raw["coalesce"], "cache.coalesce", source)
+    ttls = _mapping(raw.get("model_ttls", {}), "cache.model_ttls", source)
+    values["model_ttls"] = tuple(
+        (str(model), _positive(ttl, f"cache.model_ttls.{model}", source))
+        for model, ttl in ttls.items()
+    )
+    return CacheSettings(**values)
 
 
 def _build_limits(raw: Mapping[str, Any], source: str) -> LimitSettings:

@@ -133,6 +133,19 @@ RATE_LIMIT_FALLBACKS = Counter(
     "llm_gateway_rate_limit_fallbacks_total",
     "Rate-limiter calls answered by the worker's local limits because Redis did not answer.",
 )
+CACHE_EVICTIONS = Counter(
+    "llm_gateway_cache_evictions_total", "In-memory cache entries evicted to stay within bounds."
+)
+CACHE_ERRORS = Counter(
+    "llm_gateway_cache_errors_total", "Cache calls to Redis that failed (answered as misses)."
+)
+CACHE_STORES = Counter(
+    "llm_gateway_cache_stores_total", "Answers written to the cache, by shape.", ["kind"]
+)
+COALESCED = Counter(
+    "llm_gateway_coalesced_requests_total",
+    "Requests that attached to an identical request in flight instead of calling the upstream.",
+)
 UPSTREAM_RETRIES = Counter(
     "llm_gateway_upstream_retries_total",
     "Attempts sent after an earlier one failed, by the deployment tried and the failure.",

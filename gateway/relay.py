@@ -71,8 +71,11 @@ class StreamOutcome:
 class OpenedUpstream(Protocol):
     """An upstream response and the deployment that sent it (the router's answer)."""
 
-    response: UpstreamResponse
-    deployment: Deployment
+    @property
+    def response(self) -> UpstreamResponse: ...
+
+    @property
+    def deployment(self) -> Deployment: ...
 
 
 class StreamHandle:

@@ -10,7 +10,10 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.breaker import BreakerState
+from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
+from gateway.cache.service import ResponseCache
 from gateway.config import Config
+from gateway.errors import ConfigError
 from gateway.ratelimit import RateLimiter
 from gateway.relay import LiveStreams, Termination
 from gateway.router import Router
@@ -22,7 +25,16 @@ from gateway.web import handlers
 from gateway.web.accounting import SIDECAR, accounting_middleware
 from gateway.web.admin import add_admin_routes
 from gateway.web.auth import AUTHENTICATOR, Authenticator, auth_middleware
-from gateway.web.keys import CONFIG, LIVE_STREAMS, POOL, ROUTER, STORE, WORKER_STATE, WorkerState
+from gateway.web.keys import (
+    CACHE,
+    CONFIG,
+    LIVE_STREAMS,
+    POOL,
+    ROUTER,
+    STORE,
+    WORKER_STATE,
+    WorkerState,
+)
 from gateway.web.limits import LIMIT_SCOPES, LIMITER
 from gateway.web.middlewares import (
     add_response_headers,
@@ -70,7 +82,9 @@ def make_app(
         lease_seconds=config.limits.stream_lease,
     )
     # Started in this order, stopped in reverse: stats are flushed before the store closes.
-    app.cleanup_ctx.extend([_store, _sidecar, _limiter, _upstream_pool])
+    app[CACHE] = ResponseCache(config.cache, _cache_backend(config, store_now))
+    app[handlers.MODELS_BODY] = handlers.RenderedModels()
+    app.cleanup_ctx.extend([_store, _sidecar, _limiter, _cache, _upstream_pool])
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain_streams)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
@@ -110,6 +124,23 @@ async def _sidecar(app: web.Application) -> AsyncIterator[None]:
 async def _limiter(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[LIMITER].close()  # settle what finished requests booked, before the store closes
+
+
+def _cache_backend(config: Config, store: Store) -> CacheBackend:
+    settings = config.cache
+    shared = isinstance(store, RedisStore)
+    if settings.backend == "redis" and not shared:
+        raise ConfigError("cache.backend: redis needs a Redis store (LLM_GATEWAY_REDIS_URL)")
+    if settings.backend != "memory" and isinstance(store, RedisStore):
+        return RedisBackend(
+            store.client, prefix=config.store.redis_prefix, timeout=settings.redis_timeout
+        )
+    return MemoryBackend(settings.max_entries, settings.max_bytes)
+
+
+async def _cache(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[CACHE].close()
 
 
 async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
 
+import orjson
 from aiohttp import web
 
 from gateway import metrics
+from gateway.cache.entry import CacheEntry
+from gateway.cache.flight import Opened
+from gateway.cache.policy import decide
+from gateway.cache.service import CACHE_DEPLOYMENT, OpenedFlight, ResponseCache
 from gateway.config import ModelRoute, ServerSettings
 from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestTimeout
 from gateway.keys import check_model
@@ -18,10 +26,22 @@ from gateway.relay import StreamOutcome, relay_stream
 from gateway.store import StoreUnavailable
 from gateway.web.accounting import RECORD, SIDECAR
 from gateway.web.auth import API_KEY
-from gateway.web.keys import CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
+from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
 from gateway.web.limits import admit, over_capacity
+from gateway.web.middlewares import RESPONSE_HEADERS
 
 log = logging.getLogger("gateway.web")
+
+
+@dataclass(slots=True)
+class RenderedModels:
+    """GET /v1/models as last rendered."""
+
+    at: float = -math.inf
+    body: bytes = b""
+
+
+MODELS_BODY = web.AppKey("models_body", RenderedModels)
 _CREATED = int(time.time())
 CLOSE = {"Connection": "close"}
 
@@ -41,10 +61,20 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _proxy(request, Endpoint.EMBEDDINGS)
 
 
+MODELS_TTL = 300.0
+
+
 async def list_models(request: web.Request) -> web.Response:
-    """GET /v1/models: the configured client-facing model names."""
-    names = request.app[CONFIG].listed_models()
-    return web.json_response({"object": "list", "data": [_model_object(n) for n in names]})
+    """GET /v1/models: the configured client-facing model names, rendered once per 5 minutes."""
+    now = time.monotonic()
+    rendered = request.app[MODELS_BODY]
+    if now - rendered.at > MODELS_TTL:
+        names = request.app[CONFIG].listed_models()
+        rendered.body = orjson.dumps({"object": "list", "data": [_model_object(n) for n in names]})
+        rendered.at = now
+    response = web.Response(body=rendered.body, content_type="application/json")
+    response.headers["Cache-Control"] = f"max-age={int(MODELS_TTL)}"
+    return response
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -141,19 +171,39 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     def body_for(serving: ModelRoute) -> bytes:
         return parsed.upstream_body(serving.upstream_name(parsed.model))
 
-    opening = request.app[ROUTER].open(route, endpoint.value, body_for)
-    if parsed.stream:
-        record.stream = StreamOutcome()
-        return await relay_stream(
-            request,
-            opening,
-            settings=config.server,
-            live=request.app[LIVE_STREAMS],
-            started=record.started,
-            outcome=record.stream,
-            strip_usage=not parsed.client_wants_usage,
-            observe_gap=metrics.INTER_EVENT.labels(parsed.model).observe,
+    def open_upstream() -> Awaitable[Opened]:
+        return request.app[ROUTER].open(route, endpoint.value, body_for)
+
+    cache = request.app[CACHE]
+    decision = decide(
+        parsed,
+        route.upstream_name(parsed.model),
+        request.headers,
+        key.id if key is not None else "",
+        config.cache,
+    )
+    headers = request.setdefault(RESPONSE_HEADERS, {})
+    headers["X-Gateway-Cache"] = "bypass" if decision.bypass else "miss"
+    shared: OpenedFlight | None = None
+    opening: Awaitable[Opened]
+    if decision.bypass:
+        opening = open_upstream()
+    else:
+        entry = await cache.lookup(decision) if decision.lookup else None
+        if entry is not None:
+            return await _serve_hit(request, parsed.stream, parsed.client_wants_usage, entry,
+                                    cache, decision.paced)  # fmt: skip
+        shared, joined = cache.share(
+            decision,
+            stream=parsed.stream,
+            open_upstream=open_upstream,
+            body_limit=config.server.max_upstream_body_bytes,
         )
+        if joined:
+            headers["X-Gateway-Coalesced"] = "true"
+        opening = shared.opening
+    if parsed.stream:
+        return await _relay(request, opening, parsed.client_wants_usage)
     opened = await opening
     record.deployment = opened.deployment.name
     record.answered_at = asyncio.get_running_loop().time()
@@ -164,7 +214,49 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     finally:
         upstream.close()
     record.usage = usage_in_body(body)
+    if shared is not None and decision.store and shared.flight.clean:
+        headers["X-Gateway-Cache"] = "stored"
     return web.Response(body=body, status=upstream.status, content_type="application/json")
+
+
+async def _relay(
+    request: web.Request, opening: Awaitable[Opened], client_wants_usage: bool
+) -> web.StreamResponse:
+    record = request[RECORD]
+    record.stream = StreamOutcome()
+    return await relay_stream(
+        request,
+        opening,
+        settings=request.app[CONFIG].server,
+        live=request.app[LIVE_STREAMS],
+        started=record.started,
+        outcome=record.stream,
+        strip_usage=not client_wants_usage,
+        observe_gap=metrics.INTER_EVENT.labels(record.model or "unknown").observe,
+    )
+
+
+async def _serve_hit(
+    request: web.Request,
+    stream: bool,
+    client_wants_usage: bool,
+    entry: CacheEntry,
+    cache: ResponseCache,
+    paced: bool,
+) -> web.StreamResponse:
+    """Answer from the cache: no upstream call; accounted as a hit with the tokens it saved."""
+    record = request[RECORD]
+    record.cache_hit = True
+    headers = request[RESPONSE_HEADERS]
+    headers["X-Gateway-Cache"] = "hit"
+    headers["Age"] = str(entry.age())
+    if stream:
+        return await _relay(request, cache.replay_stream(entry, paced=paced), client_wants_usage)
+    body = cache.replay_body(entry)
+    record.deployment = CACHE_DEPLOYMENT.name
+    record.answered_at = asyncio.get_running_loop().time()
+    record.usage = usage_in_body(body)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _take_request(request: web.Request, key_id: str, limit: int) -> None:

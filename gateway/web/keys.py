@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.cache.service import ResponseCache
 from gateway.config import Config
 from gateway.relay import LiveStreams
 from gateway.router import Router
@@ -27,3 +28,4 @@ LIVE_STREAMS = web.AppKey("live_streams", LiveStreams)
 WORKER_STATE = web.AppKey("worker_state", WorkerState)
 STORE = web.AppKey("store", Store)
 ROUTER = web.AppKey("router", Router)
+CACHE = web.AppKey("response_cache", ResponseCache)

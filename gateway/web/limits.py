@@ -54,7 +54,8 @@ class Admission:
         self.finished = True
         delta = 0
         if self.tokens is not None:
-            delta = event.prompt_tokens + event.completion_tokens - self.reserved_tokens
+            used = 0 if event.cache_hit else event.prompt_tokens + event.completion_tokens
+            delta = used - self.reserved_tokens  # a cache hit spends no upstream tokens
         if delta or self.slot is not None:
             self.limiter.spawn(self._settle(delta))
 

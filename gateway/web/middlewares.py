@@ -34,7 +34,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-site",
 }
 EXPOSED_HEADERS = (
-    "X-Request-Id, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+    "X-Request-Id, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
+    "X-Gateway-Cache, X-Gateway-Coalesced, Age"
 )
 # Headers a handler wants on its response, streamed or not (rate-limit state, for one).
 RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])

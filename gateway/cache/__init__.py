@@ -1,0 +1,1 @@
+"""The response cache (exact match, streams recorded and replayed) and request coalescing."""

@@ -1,0 +1,224 @@
+"""Cache keys, entry conversions, the bounded memory backend and flights, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.cache.backends import MemoryBackend
+from gateway.cache.entry import (
+    CacheEntry,
+    assemble_completion,
+    completion_to_stream,
+    stream_is_complete,
+)
+from gateway.cache.flight import Flight
+from gateway.cache.policy import decide
+from gateway.config import CacheSettings, Deployment
+from gateway.errors import InvalidRequest, UpstreamUnreachable
+from gateway.openai import Endpoint, parse_request
+from gateway.sse import SSEParser
+
+SETTINGS = CacheSettings()
+
+
+def parsed(**body: Any) -> Any:
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}
+    return parse_request(orjson.dumps(request), Endpoint.CHAT)
+
+
+def key(headers: dict[str, str] | None = None, scope: str = "key_a", **body: Any) -> str | None:
+    return decide(parsed(**body), "upstream-m", headers or {}, scope, SETTINGS).key
+
+
+def test_key_ignores_stream_options_and_user_but_not_sampling() -> None:
+    base = key(temperature=0)
+    assert base is not None
+    assert key(temperature=0, stream=True, stream_options={"include_usage": True}) == base
+    assert key(temperature=0, user="u1") == base
+    assert key(temperature=0, max_tokens=5) != base
+    assert key(temperature=0, scope="key_b") != base  # per key by default
+    glob = CacheSettings(scope="global")
+    shared = [decide(parsed(temperature=0), "m", {}, owner, glob).key for owner in "ab"]
+    assert shared[0] == shared[1]
+
+
+def test_modes_and_headers() -> None:
+    assert key(temperature=0.5) is None  # not deterministic
+    assert key(temperature=0.5, seed=3) is not None
+    assert key({"X-Gateway-Cache": "on"}, temperature=0.5) is not None
+    assert key({"X-Gateway-Cache": "off"}, temperature=0) is None
+    assert key({"Cache-Control": "no-store"}, temperature=0) is None
+    no_cache = decide(parsed(temperature=0), "m", {"Cache-Control": "no-cache"}, "", SETTINGS)
+    assert not no_cache.lookup and no_cache.store
+    assert decide(parsed(), "m", {}, "", CacheSettings(mode="all")).key is not None
+    assert decide(parsed(temperature=0), "m", {}, "", CacheSettings(mode="off")).key is None
+    ttl = decide(parsed(temperature=0), "m", {"X-Gateway-Cache-TTL": "12"}, "", SETTINGS)
+    assert ttl.ttl == 12
+    with pytest.raises(InvalidRequest):
+        decide(parsed(temperature=0), "m", {"X-Gateway-Cache-TTL": "-1"}, "", SETTINGS)
+
+
+STREAM = b"".join(
+    b"data: " + orjson.dumps(event) + b"\n\n"
+    for event in [
+        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {"content": "lo", "tool_calls": [
+             {"index": 0, "id": "call_1", "type": "function",
+              "function": {"name": "get", "arguments": '{"a":'}}]}}]},
+        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {"tool_calls": [
+             {"index": 0, "function": {"arguments": "1}"}}]}, "finish_reason": "tool_calls"}]},
+        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}},
+    ]
+) + b"data: [DONE]\n\n"  # fmt: skip
+
+
+def test_stream_assembles_into_a_completion_with_tool_calls_and_usage() -> None:
+    answer = orjson.loads(assemble_completion(STREAM))
+    message = answer["choices"][0]["message"]
+    assert answer["object"] == "chat.completion"
+    assert message["content"] == "Hello"
+    assert message["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "get", "arguments": '{"a":1}'}}
+    ]
+    assert answer["choices"][0]["finish_reason"] == "tool_calls"
+    assert answer["usage"]["total_tokens"] == 7
+
+
+def test_completion_round_trips_through_a_stream() -> None:
+    completion = assemble_completion(STREAM)
+    replayed = completion_to_stream(completion)
+    assert stream_is_complete(replayed)
+    events = [e.data for e in SSEParser().feed(replayed)]
+    assert events[-1] == b"[DONE]"
+    assert orjson.loads(assemble_completion(replayed)) == orjson.loads(completion)
+
+
+def test_incomplete_streams_are_recognised() -> None:
+    assert stream_is_complete(STREAM)
+    assert not stream_is_complete(STREAM[:-20])
+    assert not stream_is_complete(b'data: {"error":{"message":"x"}}\n\ndata: [DONE]\n\n')
+
+
+def test_entry_survives_serialisation_and_rejects_garbage() -> None:
+    entry = CacheEntry("stream", STREAM, [(100, 0.0), (len(STREAM), 0.25)], deployment="d")
+    again = CacheEntry.loads(entry.dumps())
+    assert again is not None and again.body == STREAM and again.marks == entry.marks
+    chunks, offsets = again.chunks()
+    assert b"".join(chunks) == STREAM and offsets == [0.0, 0.25]
+    assert CacheEntry.loads(b"not json") is None
+    assert CacheEntry.loads(b'{"v": 99}') is None
+
+
+async def test_memory_backend_is_bounded_lru() -> None:
+    backend = MemoryBackend(max_entries=3, max_bytes=1000)
+    for name in "abc":
+        assert await backend.set(name, CacheEntry("json", b"x" * 100), ttl=60)
+    assert await backend.get("a") is not None  # a is now the most recently used
+    await backend.set("d", CacheEntry("json", b"x" * 100), ttl=60)
+    assert await backend.get("b") is None  # the least recently used went
+    assert await backend.get("a") is not None
+    await backend.set("big", CacheEntry("json", b"x" * 900), ttl=60)
+    assert backend.usage[1] <= 1000
+    assert not await backend.set("huge", CacheEntry("json", b"x" * 2000), ttl=60)
+    await backend.set("short", CacheEntry("json", b"y"), ttl=0.05)
+    await asyncio.sleep(0.1)
+    assert await backend.get("short") is None
+
+
+class Chunks:
+    """An upstream response that yields chunks as the test releases them."""
+
+    status = 200
+    content_type = "text/event-stream"
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | Exception] = asyncio.Queue()
+        self.closed_complete: bool | None = None
+
+    async def read_chunk(self) -> bytes:
+        item = await self.queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def read_buffered(self) -> bytes:
+        return b""
+
+    async def read_body(self, limit: int) -> bytes:
+        return b""
+
+    def close(self, *, complete: bool = False) -> None:
+        self.closed_complete = complete
+
+
+class Opened:
+    def __init__(self, response: Chunks) -> None:
+        self.response = response
+        self.deployment = Deployment(name="d", base_url="http://d/v1")
+
+
+async def start_flight(upstream: Chunks) -> tuple[Flight, list[Flight]]:
+    finished: list[Flight] = []
+
+    async def opening() -> Opened:
+        return Opened(upstream)
+
+    flight = Flight("k", max_bytes=1000)
+    flight.start(opening(), stream=True, body_limit=10_000, on_done=finished.append)
+    return flight, finished
+
+
+async def test_a_late_reader_gets_everything_then_follows_live() -> None:
+    upstream = Chunks()
+    flight, finished = await start_flight(upstream)
+    first = flight.attach()
+    await first.opening()
+    upstream.queue.put_nowait(b"data: 1\n\n")
+    assert await first.read_chunk() == b"data: 1\n\n"
+    late = flight.attach()
+    await late.opening()
+    assert await late.read_chunk() == b"data: 1\n\n"  # what was relayed so far
+    upstream.queue.put_nowait(b"data: [DONE]\n\n")
+    assert await late.read_chunk() == b"data: [DONE]\n\n"
+    assert await first.read_chunk() == b"data: [DONE]\n\n"
+    await asyncio.sleep(0)
+    assert finished == [flight] and flight.clean and upstream.closed_complete
+
+
+async def test_the_last_reader_leaving_cancels_the_upstream() -> None:
+    upstream = Chunks()
+    flight, finished = await start_flight(upstream)
+    readers = [flight.attach(), flight.attach()]
+    for reader in readers:
+        await reader.opening()
+    readers[0].close()
+    await asyncio.sleep(0.01)
+    assert not flight.done  # one reader remains
+    readers[1].close()
+    await asyncio.sleep(0.01)
+    assert flight.done and not flight.clean and upstream.closed_complete is False
+    assert finished == [flight]
+
+
+async def test_an_upstream_failure_reaches_every_reader() -> None:
+    upstream = Chunks()
+    flight, _ = await start_flight(upstream)
+    readers = [flight.attach() for _ in range(3)]
+    for reader in readers:
+        await reader.opening()
+    upstream.queue.put_nowait(b"data: 1\n\n")
+    upstream.queue.put_nowait(UpstreamUnreachable("gone"))
+    for reader in readers:
+        assert await reader.read_chunk() == b"data: 1\n\n"
+        with pytest.raises(UpstreamUnreachable):
+            await reader.read_chunk()
