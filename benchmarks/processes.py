@@ -43,6 +43,7 @@ class Server:
     name: str
     process: subprocess.Popen[bytes]
     port: int
+    upstream: Server | None = None  # the mock a gateway relays
 
     def measured_pid(self) -> int:
         """The process doing the work: the gateway's worker, or the mock itself."""

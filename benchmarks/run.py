@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import uvloop
 
@@ -28,13 +29,17 @@ PATH = "/v1/chat/completions"
 RESULTS = Path("var/bench.json")
 
 
-def chat(chunks: int, *, stream: bool = True, **mock: Any) -> bytes:
-    body = {
+def chat(
+    chunks: int, *, stream: bool = True, temperature: float | None = None, **mock: Any
+) -> bytes:
+    body: dict[str, Any] = {
         "model": "mock-gpt",
         "stream": stream,
         "messages": [{"role": "user", "content": "benchmark me"}],
         "mock": {"chunks": chunks, **mock},
     }
+    if temperature is not None:
+        body["temperature"] = temperature  # 0: cacheable
     return loadgen.post(PATH, orjson.dumps(body))
 
 
@@ -101,6 +106,54 @@ async def paced(port: int, server: Server) -> dict[str, float]:
     }
 
 
+async def cache_hits(port: int, server: Server) -> dict[str, float]:
+    """The same deterministic request again and again: after the first, every answer is a hit."""
+    request = chat(16, temperature=0)
+    await loadgen.one_round(port, request, connections=1)  # fills the cache
+    r = await loadgen.closed_loop(port, request, connections=64, seconds=4)
+    low = await loadgen.closed_loop(port, request, connections=2, seconds=2)
+    ttfb = [(e.first_event or 0) - e.started for e in low.exchanges]
+    return {
+        "cache-hit streams/s (16 chunks)": len(r.exchanges) / r.elapsed,
+        "cache-hit TTFB p50 ms (low load)": pct(ttfb, 0.5) * 1e3,
+        "errors": r.errors + low.errors,
+    }
+
+
+COALESCED_STREAMS = 200
+
+
+async def coalescing(port: int, server: Server) -> dict[str, float]:
+    """200 identical paced streams at once (a new prompt, so no cache hit): upstream calls made."""
+    body = {
+        "model": "mock-gpt",
+        "stream": True,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": f"coalesce {time.time()}"}],
+        "mock": {"chunks": 50, "delay": 0.02},
+    }
+    before = await upstream_requests(server)
+    exchanges = await loadgen.one_round(
+        port, loadgen.post(PATH, orjson.dumps(body)), connections=COALESCED_STREAMS
+    )
+    ttfb = [(e.first_event or 0) - e.started for e in exchanges if e.first_event]
+    return {
+        f"upstream calls for {COALESCED_STREAMS} identical streams": (
+            await upstream_requests(server) - before
+        ),
+        f"identical streams TTFB p50 ms ({COALESCED_STREAMS})": pct(ttfb, 0.5) * 1e3,
+        "errors": sum(1 for e in exchanges if e.status != 200 or e.events < 53),
+    }
+
+
+async def upstream_requests(server: Server) -> float:
+    """Requests the upstream of a gateway (or the mock itself) has received."""
+    target = server.upstream or server
+    url = f"http://127.0.0.1:{target.port}/_mock/stats"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return float((await response.json())["requests"])
+
+
 IDLE_STREAMS = 2000
 
 
@@ -134,6 +187,8 @@ SCENARIOS: list[Scenario] = [
     first_byte,
     paced,
     idle_memory,
+    cache_hits,
+    coalescing,
 ]
 TARGETS: dict[str, tuple[str, float]] = {
     "non-streaming req/s": (">=", 3000),
@@ -190,6 +245,7 @@ def core(only: set[str], workdir: Path) -> tuple[dict[str, float], dict[str, flo
         direct_mock = start_mock("mock-direct", cpu=0)
         servers.append(direct_mock)
         gateway = start_gateway(cpu=0, mock_port=upstream.port, workdir=workdir)
+        gateway.upstream = upstream
         servers.append(gateway)
         gateway_figures = uvloop.run(measure(gateway.port, gateway, only))
         direct_figures = uvloop.run(measure(direct_mock.port, direct_mock, only))
