@@ -205,6 +205,18 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Resumable streams: every event buffered under a stream id, so a client can reconnect."""
+
+    resumable: bool = False  # for every stream; else per request (X-Gateway-Resumable) or model
+    models: tuple[str, ...] = ()  # client model names whose streams are always resumable
+    grace: float = 60.0  # how long a stream nobody reads keeps running, waiting for a resumer
+    retention: float = 300.0  # how long its events can be replayed after it ended
+    max_events: int = 10_000  # per stream; older events are dropped beyond it
+    max_streams: int = 10_000  # resumable streams kept per worker (oldest ended ones go first)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration of one gateway instance."""
 
@@ -218,6 +230,7 @@ class Config:
     routing: RoutingSettings = RoutingSettings()
     limits: LimitSettings = LimitSettings()
     cache: CacheSettings = CacheSettings()
+    streams: StreamSettings = StreamSettings()
 
     @property
     def embedded_demo(self) -> bool:
@@ -246,6 +259,7 @@ _TOP_LEVEL_KEYS = {
     "routing",
     "limits",
     "cache",
+    "streams",
 }
 # Short environment names for settings people set most: LLM_GATEWAY_REDIS_URL and so on.
 _ENV_ALIASES = {
@@ -380,7 +394,24 @@ def _build(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> C
         routing=routing,
         limits=_build_limits(_mapping(raw.get("limits", {}), "limits", source), source),
         cache=_build_cache(_mapping(raw.get("cache", {}), "cache", source), source),
+        streams=_build_streams(_mapping(raw.get("streams", {}), "streams", source), source),
     )
+
+
+def _build_streams(raw: Mapping[str, Any], source: str) -> StreamSettings:
+    _reject_unknown(raw, {f.name for f in dataclasses.fields(StreamSettings)}, "streams.", source)
+    values: dict[str, Any] = {}
+    if "resumable" in raw:
+        values["resumable"] = _boolean(raw["resumable"], "streams.resumable", source)
+    if "models" in raw:
+        values["models"] = _strings(raw["models"], "streams.models", source)
+    for name in ("grace", "retention"):
+        if name in raw:
+            values[name] = _positive(raw[name], f"streams.{name}", source)
+    for name in ("max_events", "max_streams"):
+        if name in raw:
+            values[name] = _integer(raw[name], f"streams.{name}", source, minimum=1)
+    return StreamSettings(**values)
 
 
 def _build_cache(raw: Mapping[str, Any], source: str) -> CacheSettings:

@@ -146,6 +146,18 @@ COALESCED = Counter(
     "llm_gateway_coalesced_requests_total",
     "Requests that attached to an identical request in flight instead of calling the upstream.",
 )
+RESUMABLE_STREAMS = Counter(
+    "llm_gateway_resumable_streams_total", "Streams started as resumable (with an event log)."
+)
+STREAM_RESUMES = Counter(
+    "llm_gateway_stream_resumes_total",
+    "GET /v1/streams/{id} answers, by result (local, redis, gone, refused).",
+    ["result"],
+)
+RESUME_MIRROR_FAILURES = Counter(
+    "llm_gateway_resume_mirror_failures_total",
+    "Resumable streams that stopped being mirrored to Redis (resumable on their worker only).",
+)
 UPSTREAM_RETRIES = Counter(
     "llm_gateway_upstream_retries_total",
     "Attempts sent after an earlier one failed, by the deployment tried and the failure.",

@@ -42,6 +42,8 @@ class RequestRecord:
     extra: dict[str, Any] = field(default_factory=dict)
     # Called with the final event once the request ended (settling rate limits, for one).
     finishers: list[Callable[[StatsEvent], None]] = field(default_factory=list)
+    # A resumable stream outlives its first request: the event waits for this.
+    until: asyncio.Future[None] | None = None
 
 
 RECORD = web.RequestKey("request_record", RequestRecord)
@@ -62,11 +64,19 @@ async def accounting_middleware(request: web.Request, handler: Handler) -> web.S
         status = response.status
         return response
     finally:
-        event = _event(request, record, status, loop.time())
-        request.app[SIDECAR].publish(event)
-        _observe(request.path, record, event)
-        for finish in record.finishers:
-            finish(event)
+        if record.until is not None and not record.until.done():
+            # The stream goes on without its first client: account for it when it ends.
+            record.until.add_done_callback(lambda _: _account(request, record, 200, loop.time()))
+        else:
+            _account(request, record, status, loop.time())
+
+
+def _account(request: web.Request, record: RequestRecord, status: int, now: float) -> None:
+    event = _event(request, record, status, now)
+    request.app[SIDECAR].publish(event)
+    _observe(request.path, record, event)
+    for finish in record.finishers:
+        finish(event)
 
 
 def _event(request: web.Request, record: RequestRecord, status: int, now: float) -> StatsEvent:

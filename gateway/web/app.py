@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -16,12 +17,13 @@ from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.ratelimit import RateLimiter
 from gateway.relay import LiveStreams, Termination
+from gateway.resumable import RedisLogs, ResumableStreams
 from gateway.router import Router
 from gateway.stats import StatsSidecar
 from gateway.store import Store, StoreUnavailable, describe, make_store
 from gateway.store.redis import RedisStore
 from gateway.upstream import UpstreamPool, Upstreams
-from gateway.web import handlers
+from gateway.web import handlers, streams
 from gateway.web.accounting import SIDECAR, accounting_middleware
 from gateway.web.admin import add_admin_routes
 from gateway.web.auth import AUTHENTICATOR, Authenticator, auth_middleware
@@ -42,8 +44,10 @@ from gateway.web.middlewares import (
     error_middleware,
     request_id_middleware,
 )
+from gateway.web.streams import STREAMS
 
 log = logging.getLogger("gateway.web")
+STATIC = Path(__file__).parent / "static"
 
 # How long the final stats flush may keep retrying an unreachable store at shutdown.
 FINAL_FLUSH_SECONDS = 10.0
@@ -84,9 +88,16 @@ def make_app(
     # Started in this order, stopped in reverse: stats are flushed before the store closes.
     app[CACHE] = ResponseCache(config.cache, _cache_backend(config, store_now))
     app[handlers.MODELS_BODY] = handlers.RenderedModels()
+    app[STREAMS] = ResumableStreams(
+        config.streams,
+        RedisLogs(store_now.client, prefix=config.store.redis_prefix, settings=config.streams)
+        if isinstance(store_now, RedisStore)
+        else None,
+    )
     app.cleanup_ctx.extend([_store, _sidecar, _limiter, _cache, _upstream_pool])
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain_streams)
+    app.on_shutdown.append(_end_resumable_streams)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_post("/v1/embeddings", handlers.embeddings)
@@ -96,6 +107,10 @@ def make_app(
     app.router.add_get("/health/ready", handlers.ready)
     app.router.add_get("/health/detailed", handlers.health_detailed)
     app.router.add_get("/metrics", handlers.metrics_exposition)
+    app.router.add_get("/", handlers.playground)
+    app.router.add_static("/playground/", STATIC, show_index=False)
+    app.router.add_get("/v1/streams/{stream_id}", streams.resume)
+    app.router.add_post("/v1/streams/{stream_id}/cancel", streams.cancel)
     add_admin_routes(app)
     return app
 
@@ -158,6 +173,11 @@ async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await pool.close()
+
+
+async def _end_resumable_streams(app: web.Application) -> None:
+    """On shutdown: resumable streams get the drain grace, then are cancelled (and accounted)."""
+    await app[STREAMS].close(app[CONFIG].server.drain_grace)
 
 
 async def _drain_streams(app: web.Application) -> None:

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 from aiohttp import web
@@ -21,7 +22,7 @@ from gateway.cache.service import CACHE_DEPLOYMENT, OpenedFlight, ResponseCache
 from gateway.config import ModelRoute, ServerSettings
 from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestTimeout
 from gateway.keys import check_model
-from gateway.openai import Endpoint, parse_request, usage_in_body
+from gateway.openai import Endpoint, ParsedRequest, parse_request, usage_in_body
 from gateway.relay import StreamOutcome, relay_stream
 from gateway.store import StoreUnavailable
 from gateway.web.accounting import RECORD, SIDECAR
@@ -29,6 +30,7 @@ from gateway.web.auth import API_KEY
 from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
 from gateway.web.limits import admit, over_capacity
 from gateway.web.middlewares import RESPONSE_HEADERS
+from gateway.web.streams import start_resumable, wants_resumable
 
 log = logging.getLogger("gateway.web")
 
@@ -83,6 +85,14 @@ async def get_model(request: web.Request) -> web.Response:
     if name not in request.app[CONFIG].listed_models():
         raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
     return web.json_response(_model_object(name))
+
+
+PLAYGROUND = Path(__file__).parent / "static" / "index.html"
+
+
+async def playground(request: web.Request) -> web.FileResponse:
+    """GET /: the chat playground (plain HTML, CSS and JavaScript shipped in the package)."""
+    return web.FileResponse(PLAYGROUND, headers={"Cache-Control": "no-cache"})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -191,8 +201,7 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     else:
         entry = await cache.lookup(decision) if decision.lookup else None
         if entry is not None:
-            return await _serve_hit(request, parsed.stream, parsed.client_wants_usage, entry,
-                                    cache, decision.paced)  # fmt: skip
+            return await _serve_hit(request, parsed, entry, cache, decision.paced)
         shared, joined = cache.share(
             decision,
             stream=parsed.stream,
@@ -203,7 +212,7 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             headers["X-Gateway-Coalesced"] = "true"
         opening = shared.opening
     if parsed.stream:
-        return await _relay(request, opening, parsed.client_wants_usage)
+        return await _stream(request, opening, parsed)
     opened = await opening
     record.deployment = opened.deployment.name
     record.answered_at = asyncio.get_running_loop().time()
@@ -236,10 +245,18 @@ async def _relay(
     )
 
 
+async def _stream(
+    request: web.Request, opening: Awaitable[Opened], parsed: ParsedRequest
+) -> web.StreamResponse:
+    """Relay the stream, or run it as a resumable stream with an event log."""
+    if wants_resumable(request, parsed.model):
+        return await start_resumable(request, opening, parsed.client_wants_usage)
+    return await _relay(request, opening, parsed.client_wants_usage)
+
+
 async def _serve_hit(
     request: web.Request,
-    stream: bool,
-    client_wants_usage: bool,
+    parsed: ParsedRequest,
     entry: CacheEntry,
     cache: ResponseCache,
     paced: bool,
@@ -250,8 +267,8 @@ async def _serve_hit(
     headers = request[RESPONSE_HEADERS]
     headers["X-Gateway-Cache"] = "hit"
     headers["Age"] = str(entry.age())
-    if stream:
-        return await _relay(request, cache.replay_stream(entry, paced=paced), client_wants_usage)
+    if parsed.stream:
+        return await _stream(request, cache.replay_stream(entry, paced=paced), parsed)
     body = cache.replay_body(entry)
     record.deployment = CACHE_DEPLOYMENT.name
     record.answered_at = asyncio.get_running_loop().time()

@@ -35,7 +35,7 @@ SECURITY_HEADERS = {
 }
 EXPOSED_HEADERS = (
     "X-Request-Id, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
-    "X-Gateway-Cache, X-Gateway-Coalesced, Age"
+    "X-Gateway-Cache, X-Gateway-Coalesced, Age, X-Gateway-Stream-Id"
 )
 # Headers a handler wants on its response, streamed or not (rate-limit state, for one).
 RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])

@@ -1,0 +1,435 @@
+"""Resumable streams: the upstream is read by a task of its own into a numbered event log that any
+client of the stream's key can replay from an id and then follow live.
+
+The log lives in the producing worker's memory (a bounded deque); with Redis it is mirrored into a
+Redis Stream (``P:{s:<id>}:ev``, entry ids ``<seq>-0``, trimmed to ``max_events``) with a meta hash
+(``P:{s:<id>}:meta``: owner, done, cancel, seen), both expiring ``retention`` seconds after the end,
+so another worker or instance can serve a resume. A stream nobody reads keeps running for ``grace``
+seconds waiting for a resumer, then its upstream is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway import metrics
+from gateway.config import Deployment, StreamSettings
+from gateway.errors import (
+    GatewayError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from gateway.openai import carries_content, usage_in_event
+from gateway.relay import StreamOutcome, Termination
+from gateway.sse import DONE, EventTooLarge, SSEParser
+from gateway.upstream import UpstreamResponse
+
+log = logging.getLogger("gateway.resumable")
+
+WATCH_SECONDS = 1.0  # how often an unread stream checks its grace period and a remote cancel
+REDIS_TIMEOUT = 0.5
+CANCELLED = (
+    b'{"error":{"message":"The stream was cancelled.","type":"cancelled",'
+    b'"param":null,"code":"stream_cancelled"}}'
+)
+ABANDONED = (
+    b'{"error":{"message":"Nobody resumed the stream within its grace period.",'
+    b'"type":"cancelled","param":null,"code":"stream_abandoned"}}'
+)
+
+
+class Opened(Protocol):
+    @property
+    def response(self) -> UpstreamResponse: ...
+
+    @property
+    def deployment(self) -> Deployment: ...
+
+
+def new_stream_id() -> str:
+    return "strm_" + secrets.token_hex(16)
+
+
+@dataclass(slots=True)
+class EventLog:
+    """One stream's numbered events in this worker."""
+
+    stream_id: str
+    owner: str
+    max_events: int
+    events: collections.deque[tuple[int, bytes]] = field(init=False)
+    next_seq: int = 1
+    finished: bool = False
+    ended_at: float | None = None
+    readers: int = 0
+    left_at: float = field(default_factory=time.time)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.events = collections.deque(maxlen=self.max_events)
+
+    def append(self, data: bytes) -> tuple[int, bytes]:
+        item = (self.next_seq, data)
+        self.next_seq += 1
+        self.events.append(item)
+        self._notify()
+        return item
+
+    def finish(self) -> None:
+        self.finished = True
+        self.ended_at = time.time()
+        self._notify()
+
+    def after(self, seq: int) -> list[tuple[int, bytes]]:
+        if not self.events or self.events[-1][0] <= seq:
+            return []
+        start = max(0, seq - self.events[0][0] + 1)
+        return list(self.events)[start:]
+
+    async def changed(self, wait: float) -> None:
+        """Return when an event arrives or the stream ends, or after ``wait`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._changed.wait()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
+class RedisLogs:
+    """The Redis mirror of event logs, for resumes through other workers and instances."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, settings: StreamSettings) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._settings = settings
+
+    def _keys(self, stream_id: str) -> tuple[str, str]:
+        tag = f"{self._prefix}:{{s:{stream_id}}}"
+        return f"{tag}:ev", f"{tag}:meta"
+
+    async def _do(self, call: Any) -> Any:
+        async with asyncio.timeout(REDIS_TIMEOUT):
+            return await call
+
+    async def create(self, stream_id: str, owner: str) -> None:
+        _, meta = self._keys(stream_id)
+        ttl = int(self._settings.grace + self._settings.retention + 86400)  # until it ends
+        pipe: Any = self._redis.pipeline(
+            transaction=False
+        )  # redis-py types queued calls as awaitables
+        pipe.hset(meta, mapping={"owner": owner, "seen": time.time()})
+        pipe.expire(meta, ttl)
+        await self._do(pipe.execute())
+
+    async def append(self, stream_id: str, items: list[tuple[int, bytes]]) -> None:
+        events, _ = self._keys(stream_id)
+        pipe: Any = self._redis.pipeline(
+            transaction=False
+        )  # redis-py types queued calls as awaitables
+        for seq, data in items:
+            pipe.xadd(
+                events,
+                {"d": data},
+                id=f"{seq}-0",
+                maxlen=self._settings.max_events,
+                approximate=True,
+            )
+        await self._do(pipe.execute())
+
+    async def finish(self, stream_id: str, seq: int) -> None:
+        events, meta = self._keys(stream_id)
+        retention = int(self._settings.retention)
+        pipe: Any = self._redis.pipeline(
+            transaction=False
+        )  # redis-py types queued calls as awaitables
+        pipe.xadd(events, {"end": "1"}, id=f"{seq}-0")
+        pipe.hset(meta, "done", "1")
+        pipe.expire(events, retention)
+        pipe.expire(meta, retention)
+        await self._do(pipe.execute())
+
+    async def owner(self, stream_id: str) -> str | None:
+        _, meta = self._keys(stream_id)
+        value = await self._do(self._redis.hget(meta, "owner"))
+        return None if value is None else str(value)
+
+    async def read(
+        self, stream_id: str, after: int, block: float
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """Events after ``after`` (waiting up to ``block`` s for some), and whether it ended."""
+        events, _ = self._keys(stream_id)
+        async with asyncio.timeout(block + REDIS_TIMEOUT):
+            answer: Any = await self._redis.xread(
+                {events: f"{after}-0"}, count=500, block=max(1, int(block * 1000))
+            )
+        found: list[tuple[int, bytes]] = []
+        ended = False
+        for _, entries in answer or []:
+            for entry_id, fields in entries:
+                seq = int(str(entry_id).split("-")[0])
+                if "end" in fields:
+                    ended = True
+                    break
+                data = fields["d"]
+                found.append((seq, data.encode() if isinstance(data, str) else data))
+        return found, ended
+
+    async def cancel(self, stream_id: str) -> None:
+        await self._do(self._redis.hset(self._keys(stream_id)[1], "cancel", "1"))
+
+    async def touch(self, stream_id: str) -> None:
+        await self._do(self._redis.hset(self._keys(stream_id)[1], "seen", time.time()))
+
+    async def watch(self, stream_id: str) -> tuple[bool, float]:
+        """(cancel asked for, last time a remote reader was seen)."""
+        meta = self._keys(stream_id)[1]
+        fields: Any = await self._do(self._redis.hmget(meta, "cancel", "seen"))
+        cancel, seen = fields
+        return cancel is not None, float(seen or 0)
+
+
+class ResumableStream:
+    """The producer of one stream: reads the upstream into its event log."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        outcome: StreamOutcome,
+        *,
+        strip_usage: bool,
+        mirror: RedisLogs | None,
+        grace: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.log = log
+        self.outcome = outcome
+        self.strip_usage = strip_usage
+        self.mirror = mirror
+        self.grace = grace
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.opened.add_done_callback(_retrieve)
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.cancel_reason = CANCELLED
+        self._mirror_ok = mirror is not None
+        self._loop = loop
+
+    def start(self, opening: Awaitable[Opened]) -> None:
+        self.task = self._loop.create_task(self._run(opening))
+        self._watcher = self._loop.create_task(self._watch())
+
+    def cancel(self, reason: bytes = CANCELLED) -> None:
+        if self.task is not None and not self.task.done():
+            self.cancel_reason = reason
+            self.task.cancel()
+
+    async def _run(self, opening: Awaitable[Opened]) -> None:
+        response: UpstreamResponse | None = None
+        clean = False
+        try:
+            if self.mirror is not None:
+                await self._mirror(self.mirror.create(self.log.stream_id, self.log.owner))
+            opened = await opening
+            response = opened.response
+            self.outcome.deployment = opened.deployment.name
+            clean = await self._pump(response, opened.deployment)
+        except asyncio.CancelledError:
+            self.outcome.termination = Termination.CLIENT_DISCONNECT
+            await self._emit([self.cancel_reason])
+        except GatewayError as exc:
+            if not self.opened.done():
+                self.opened.set_exception(exc)  # before any event: a real HTTP error
+            else:
+                self.outcome.error = exc
+                self.outcome.termination = (
+                    Termination.TIMEOUT
+                    if isinstance(exc, UpstreamTimeout)
+                    else Termination.UPSTREAM_ERROR
+                )
+                await self._emit([exc.to_json()])
+        except Exception as exc:  # never let a producer die silently
+            log.exception("resumable stream failed", extra={"stream_id": self.log.stream_id})
+            error = UpstreamError(f"The stream failed: {type(exc).__name__}.")
+            self.outcome.error, self.outcome.termination = error, Termination.UPSTREAM_ERROR
+            if not self.opened.done():
+                self.opened.set_exception(error)
+            else:
+                await self._emit([error.to_json()])
+        finally:
+            if response is not None:
+                response.close(complete=clean)
+            self.log.finish()
+            if self.mirror is not None and self._mirror_ok:
+                await self._mirror(self.mirror.finish(self.log.stream_id, self.log.next_seq))
+            if not self.opened.done():
+                self.opened.set_result(None)
+            self.done.set_result(None)
+
+    async def _pump(self, upstream: UpstreamResponse, deployment: Deployment) -> bool:
+        if not upstream.content_type.startswith("text/event-stream"):
+            raise UpstreamProtocolError("The upstream answered without an event stream.")
+        parser = SSEParser()
+        timeouts = deployment.timeouts
+        while True:
+            limit = timeouts.first_byte if self.outcome.events == 0 else timeouts.idle
+            try:
+                async with asyncio.timeout(limit):
+                    chunk = await upstream.read_chunk()
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"Deployment {deployment.name!r} sent nothing for {limit:g} s."
+                ) from None
+            if not chunk:
+                raise UpstreamProtocolError("The upstream ended the stream before [DONE].")
+            try:
+                events = parser.feed(chunk)
+                while more := upstream.read_buffered():
+                    events.extend(parser.feed(more))
+            except EventTooLarge as exc:
+                raise UpstreamProtocolError(
+                    f"The upstream sent an oversized event: {exc}"
+                ) from None
+            batch: list[bytes] = []
+            finished = False
+            for event in events:
+                data = event.data
+                if data == DONE:
+                    batch.append(DONE)
+                    finished = True
+                    break
+                if carries_content(data):
+                    self.outcome.content_events += 1
+                if b'"usage":{' in data:
+                    usage, usage_only = usage_in_event(data)
+                    if usage is not None:
+                        self.outcome.usage = usage
+                        if usage_only and self.strip_usage:
+                            continue
+                self.outcome.events += 1
+                batch.append(data)
+                if data.startswith(b'{"error"'):
+                    self.outcome.termination = Termination.UPSTREAM_ERROR
+                    finished = True
+                    break
+            if batch:
+                if self.outcome.first_event_at is None:
+                    self.outcome.first_event_at = self._loop.time()
+                await self._emit(batch)
+            if finished:
+                return data == DONE
+
+    async def _emit(self, batch: list[bytes]) -> None:
+        items = [self.log.append(data) for data in batch]
+        if not self.opened.done():
+            self.opened.set_result(None)
+        if self.mirror is not None and self._mirror_ok:
+            await self._mirror(self.mirror.append(self.log.stream_id, items))
+
+    async def _mirror(self, call: Awaitable[object]) -> None:
+        """Mirror to Redis; on failure stop mirroring (the stream goes on, resumable here only)."""
+        try:
+            await call
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mirror_ok = False
+            metrics.RESUME_MIRROR_FAILURES.inc()
+            log.warning(
+                "stream no longer mirrored to Redis",
+                extra={"stream_id": self.log.stream_id, "error": repr(exc)},
+            )
+
+    async def _watch(self) -> None:
+        """Cancel the upstream once nobody has read the stream for the grace period, or when a
+        cancel was asked for through another worker."""
+        while not self.done.done():
+            await asyncio.sleep(WATCH_SECONDS)
+            seen = self.log.left_at
+            if self.mirror is not None and self._mirror_ok:
+                try:
+                    cancel, remote = await self.mirror.watch(self.log.stream_id)
+                except (RedisError, OSError, TimeoutError):
+                    cancel, remote = False, 0.0
+                if cancel:
+                    self.cancel()
+                    return
+                seen = max(seen, remote)
+            if self.log.readers == 0 and time.time() - seen > self.grace:
+                self.cancel(ABANDONED)
+                return
+
+
+class ResumableStreams:
+    """This worker's resumable streams, bounded, forgotten ``retention`` seconds after they end."""
+
+    def __init__(self, settings: StreamSettings, mirror: RedisLogs | None) -> None:
+        self.settings = settings
+        self.mirror = mirror
+        self._streams: collections.OrderedDict[str, ResumableStream] = collections.OrderedDict()
+
+    def start(
+        self,
+        owner: str,
+        opening: Awaitable[Opened],
+        outcome: StreamOutcome,
+        *,
+        strip_usage: bool,
+    ) -> ResumableStream:
+        self._expire()
+        stream_id = new_stream_id()
+        event_log = EventLog(stream_id, owner, self.settings.max_events)
+        stream = ResumableStream(
+            event_log,
+            outcome,
+            strip_usage=strip_usage,
+            mirror=self.mirror,
+            grace=self.settings.grace,
+        )
+        self._streams[stream_id] = stream
+        stream.start(opening)
+        metrics.RESUMABLE_STREAMS.inc()
+        return stream
+
+    def get(self, stream_id: str) -> ResumableStream | None:
+        self._expire()
+        return self._streams.get(stream_id)
+
+    def _expire(self) -> None:
+        now = time.time()
+        for stream_id, stream in list(self._streams.items()):
+            ended = stream.log.ended_at
+            too_many = len(self._streams) > self.settings.max_streams
+            if ended is not None and (too_many or now - ended > self.settings.retention):
+                del self._streams[stream_id]
+
+    async def close(self, grace: float) -> None:
+        """Let running streams finish within ``grace``, then cancel them."""
+        running = [s.done for s in self._streams.values() if not s.done.done()]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        for stream in self._streams.values():
+            stream.cancel()
+        rest = [s.done for s in self._streams.values() if not s.done.done()]
+        if rest:
+            await asyncio.wait(rest, timeout=2.0)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+ReadEvents = Callable[[int, float], Awaitable[tuple[list[tuple[int, bytes]], bool]]]

@@ -1,0 +1,217 @@
+"""Resumable streams over HTTP: the first answer, GET /v1/streams/{id} and its cancel.
+
+Every event goes out as ``id: <n>`` plus its data, so a browser ``EventSource`` reconnects with
+``Last-Event-ID`` on its own; ``fetch`` clients send the header or ``?after=``. A stream that is
+unknown or whose buffer expired answers 204, which tells an ``EventSource`` to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway import metrics
+from gateway.config import ServerSettings
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, ServiceUnavailable
+from gateway.relay import SSE_HEADERS, StreamOutcome
+from gateway.resumable import EventLog, Opened, RedisLogs, ResumableStream, ResumableStreams
+from gateway.sse import encode_comment, encode_event
+from gateway.web.accounting import RECORD
+from gateway.web.auth import API_KEY
+from gateway.web.keys import CONFIG
+from gateway.web.middlewares import RESPONSE_HEADERS
+
+STREAMS = web.AppKey("resumable_streams", ResumableStreams)
+KEEPALIVE = encode_comment(b"keep-alive")
+TOUCH_SECONDS = 1.0
+RESUMABLE_HEADER = "X-Gateway-Resumable"
+
+Read = Callable[[int, float], Awaitable[tuple[list[tuple[int, bytes]], bool]]]
+
+
+def wants_resumable(request: web.Request, model: str) -> bool:
+    """Per request (X-Gateway-Resumable), per model, or for every stream."""
+    settings = request.app[CONFIG].streams
+    asked = request.headers.get(RESUMABLE_HEADER, "").strip().lower()
+    if asked in {"false", "0", "no"}:
+        return False
+    return asked in {"true", "1", "yes"} or settings.resumable or model in settings.models
+
+
+def owner_of(request: web.Request) -> str:
+    key = request.get(API_KEY)
+    return key.id if key is not None else ""
+
+
+async def start_resumable(
+    request: web.Request, opening: Awaitable[Opened], client_wants_usage: bool
+) -> web.StreamResponse:
+    """Start the producer, wait for its first event (an error before it is a real status), then
+    serve the log from the start. The stats event waits for the stream to end."""
+    record = request[RECORD]
+    outcome = record.stream = StreamOutcome()
+    config = request.app[CONFIG]
+    stream = request.app[STREAMS].start(
+        owner_of(request), opening, outcome, strip_usage=not client_wants_usage
+    )
+    try:
+        async with asyncio.timeout(config.server.keepalive_interval):
+            await asyncio.shield(stream.opened)  # raises a failure before the first event
+    except TimeoutError:
+        pass  # slow: the headers go out now, keep-alives follow
+    record.until = stream.done
+    request.setdefault(RESPONSE_HEADERS, {})["X-Gateway-Stream-Id"] = stream.log.stream_id
+    return await _serve_local(request, stream, after=0)
+
+
+async def resume(request: web.Request) -> web.StreamResponse:
+    """GET /v1/streams/{id}: replay after Last-Event-ID (or ?after=), then follow live."""
+    stream_id = request.match_info["stream_id"]
+    after = _after(request)
+    owner = owner_of(request)
+    registry = request.app[STREAMS]
+    local = registry.get(stream_id)
+    if local is not None:
+        _check_owner(local.log.owner, owner)
+        metrics.STREAM_RESUMES.labels("local").inc()
+        return await _serve_local(request, local, after)
+    mirror = registry.mirror
+    stored = await mirror.owner(stream_id) if mirror is not None else None
+    if mirror is None or stored is None:
+        metrics.STREAM_RESUMES.labels("gone").inc()
+        return web.Response(status=204)
+    _check_owner(stored, owner)
+    metrics.STREAM_RESUMES.labels("redis").inc()
+    return await _serve_remote(request, mirror, stream_id, after)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """POST /v1/streams/{id}/cancel: stop the generation (its upstream request is cancelled)."""
+    stream_id = request.match_info["stream_id"]
+    owner = owner_of(request)
+    registry = request.app[STREAMS]
+    local = registry.get(stream_id)
+    if local is not None:
+        _check_owner(local.log.owner, owner)
+        local.cancel()
+        return web.json_response({"id": stream_id, "status": "cancelled"})
+    mirror = registry.mirror
+    stored = await mirror.owner(stream_id) if mirror is not None else None
+    if mirror is None or stored is None:
+        raise _gone(stream_id)
+    _check_owner(stored, owner)
+    await mirror.cancel(stream_id)  # its worker sees it within a second
+    return web.json_response({"id": stream_id, "status": "cancelling"})
+
+
+def _after(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    try:
+        after = int(raw)
+    except ValueError:
+        after = -1
+    if after < 0:
+        raise InvalidRequest(
+            "Last-Event-ID (or ?after=) must be an event id from this stream.",
+            param="Last-Event-ID",
+        )
+    return after
+
+
+def _check_owner(stored: str, presented: str) -> None:
+    if stored != presented:
+        raise PermissionDenied(
+            "Only the API key that created this stream may resume or cancel it.",
+            code="stream_not_yours",
+        )
+
+
+def _gone(stream_id: str) -> InvalidRequest:
+    error = InvalidRequest(f"No stream {stream_id!r} (unknown or expired).", code="stream_gone")
+    error.status = 404  # type: ignore[misc]
+    return error
+
+
+async def _serve_local(
+    request: web.Request, stream: ResumableStream, after: int
+) -> web.StreamResponse:
+    log: EventLog = stream.log
+
+    async def read(seq: int, wait: float) -> tuple[list[tuple[int, bytes]], bool]:
+        found = log.after(seq)
+        if not found and not log.finished:
+            await log.changed(wait)
+            found = log.after(seq)
+        return found, log.finished and (not found or found[-1][0] == log.next_seq - 1)
+
+    log.readers += 1
+    try:
+        return await _serve(request, stream.log.stream_id, after, read, None)
+    finally:
+        log.readers -= 1
+        log.left_at = time.time()
+
+
+async def _serve_remote(
+    request: web.Request, mirror: RedisLogs, stream_id: str, after: int
+) -> web.StreamResponse:
+    async def read(seq: int, wait: float) -> tuple[list[tuple[int, bytes]], bool]:
+        try:
+            return await mirror.read(stream_id, seq, min(wait, TOUCH_SECONDS))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise ServiceUnavailable(
+                "The stream's buffer in Redis is unreachable; try again shortly.",
+                code="stream_buffer_unavailable",
+            ) from exc
+
+    async def touch() -> None:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await mirror.touch(stream_id)
+
+    return await _serve(request, stream_id, after, read, touch)
+
+
+async def _serve(
+    request: web.Request,
+    stream_id: str,
+    after: int,
+    read: Read,
+    touch: Callable[[], Awaitable[None]] | None,
+) -> web.StreamResponse:
+    """Write the events after ``after`` as they come, with keep-alives, until the stream ends."""
+    settings: ServerSettings = request.app[CONFIG].server
+    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    response.headers["X-Gateway-Stream-Id"] = stream_id
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    last_write = last_touch = loop.time()
+    while True:
+        if touch is not None and loop.time() - last_touch >= TOUCH_SECONDS:
+            await touch()
+            last_touch = loop.time()
+        wait = max(0.05, last_write + settings.keepalive_interval - loop.time())
+        try:
+            events, ended = await read(after, wait)
+        except GatewayError as exc:
+            await response.write(b"data: " + exc.to_json() + b"\n\n")
+            break
+        if events:
+            payload = b"".join(encode_event(data, id=str(seq).encode()) for seq, data in events)
+            after = events[-1][0]
+        elif not ended and loop.time() - last_write >= settings.keepalive_interval:
+            payload = KEEPALIVE
+        else:
+            payload = b""
+        if payload:
+            async with asyncio.timeout(settings.write_stall_timeout):
+                await response.write(payload)
+            last_write = loop.time()
+        if ended:
+            break
+    await response.write_eof()
+    return response
