@@ -138,7 +138,8 @@ $("ask").addEventListener("submit", (event) => {
   const body = JSON.stringify({ model: $("model").value, stream: true,
                                 messages: [{ role: "user", content: $("prompt").value }] });
   run((signal) => fetch("/v1/chat/completions", { method: "POST", body, signal,
-    headers: headers({ "Content-Type": "application/json", "X-Gateway-Resumable": "true" }) }));
+    headers: headers({ "Content-Type": "application/json", "X-Gateway-Resumable": "true",
+                       "X-Gateway-Cache": $("use-cache").checked ? "on" : "off" }) }));
 });
 
 $("drop").addEventListener("click", () => {
