@@ -170,7 +170,9 @@ class LimitSettings:
     global_rps: int | None = None
     default_max_tokens: int = 1024  # completion tokens reserved when a request sets no max_tokens
     client_ip_header: str | None = None  # e.g. X-Real-IP, only behind a proxy that sets it
-    redis_timeout: float = 0.25  # a limiter call slower than this falls back to local limits
+    # A limiter call slower than this falls back to local limits. It counts the worker's own event
+    # loop lag too, which under a burst can reach hundreds of milliseconds: keep it generous.
+    redis_timeout: float = 1.0
     stream_lease: float = 3600.0  # a concurrency slot held longer than this is freed (crashes)
 
     @property

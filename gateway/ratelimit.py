@@ -203,7 +203,7 @@ class RateLimiter:
         redis: aioredis.Redis | None,
         *,
         prefix: str = "llmgw",
-        timeout: float = 0.25,
+        timeout: float = 1.0,
         lease_seconds: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

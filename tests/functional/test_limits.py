@@ -59,10 +59,11 @@ async def test_rpm_is_exact_across_two_workers_on_redis(
     start_gateway: Any, mock_upstream: Proc, tmp_path: Path, redis_env: dict[str, str]
 ) -> None:
     """1,000 concurrent requests, a key with 100 rpm, 2 workers: 100 admitted, 900 get 429."""
-    _, limited = create_key(redis_env, "--rpm", "100")
-    _, other = create_key(redis_env, "--rpm", "100")
+    env = {k: v for k, v in redis_env.items() if k != "LLM_GATEWAY_STORE__TIMEOUT"}
+    _, limited = create_key(env, "--rpm", "100")
+    _, other = create_key(env, "--rpm", "100")
     gateway: Proc = start_gateway(
-        "--config", str(write_config(tmp_path, mock_upstream.url)), env=redis_env, workers=2
+        "--config", str(write_config(tmp_path, mock_upstream.url)), env=env, workers=2
     )
     body = chat_body("mock-gpt", stream=False, mock={"chunks": 2})
     connector = aiohttp.TCPConnector(limit=1000)
