@@ -26,12 +26,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.background import BackgroundTasks
 from gateway.breaker import BreakerSettings, BreakerState, CircuitBreaker
 
 log = logging.getLogger("gateway.ratelimit")
 
 BUCKETS = 60
 CLOSE_SECONDS = 2.0
+MAX_BACKGROUND = 10_000
 FALLBACK_BREAKER = BreakerSettings(failures=3, recovery=5.0, probes=1)
 
 # KEYS[1]: the window's hash (bucket -> units).  ARGV: bucket width ms, buckets, limit, cost.
@@ -212,8 +214,7 @@ class RateLimiter:
         self._timeout = timeout
         self._lease_ms = int(lease_seconds * 1000)
         self.local = LocalWindows(clock)
-        self._background: set[asyncio.Task[None]] = set()
-        self.max_background = 10_000
+        self._background = BackgroundTasks(MAX_BACKGROUND)
         self.breaker = CircuitBreaker(FALLBACK_BREAKER, on_change=self._breaker_changed)
         if redis is not None:
             self._take = redis.register_script(_TAKE)
@@ -291,18 +292,12 @@ class RateLimiter:
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run settling and releasing after the answer went out, bounded; close() waits for it."""
-        if len(self._background) >= self.max_background:
-            work.close()
+        if not self._background.spawn(work):
             metrics.RATE_LIMIT_FALLBACKS.inc()
-            return
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         """Wait (a bounded time) for settling still under way."""
-        if self._background:
-            await asyncio.wait(self._background, timeout=CLOSE_SECONDS)
+        await self._background.wait(CLOSE_SECONDS)
 
     def _failed(self, exc: BaseException) -> None:
         self.breaker.failure()

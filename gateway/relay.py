@@ -67,6 +67,20 @@ class StreamOutcome:
     first_event_at: float | None = None
     error: GatewayError | None = None
 
+    def observe(self, data: bytes, strip_usage: bool) -> bool:
+        """Count one upstream event (content, usage); False for a usage-only event injected for
+        accounting that the client did not ask for (it is not forwarded)."""
+        if carries_content(data):
+            self.content_events += 1
+        if b'"usage":{' in data:
+            usage, usage_only = usage_in_event(data)
+            if usage is not None:
+                self.usage = usage
+                if usage_only and strip_usage:
+                    return False
+        self.events += 1
+        return True
+
 
 class OpenedUpstream(Protocol):
     """An upstream response and the deployment that sent it (the router's answer)."""
@@ -322,15 +336,8 @@ class _Relay:
                 parts.append(DONE_EVENT)
                 self.finished = True
                 return b"".join(parts), True
-            if carries_content(data):
-                self.outcome.content_events += 1
-            if b'"usage":{' in data:
-                usage, usage_only = usage_in_event(data)
-                if usage is not None:
-                    self.outcome.usage = usage
-                    if usage_only and self.strip_usage:
-                        continue  # injected for accounting; the client did not ask for it
-            self.outcome.events += 1
+            if not self.outcome.observe(data, self.strip_usage):
+                continue
             if event.event is None and event.id is None and b"\n" not in data:
                 parts.append(b"data: " + data + b"\n\n")
             else:

@@ -31,7 +31,6 @@ from gateway.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from gateway.openai import carries_content, usage_in_event
 from gateway.relay import StreamOutcome, Termination
 from gateway.sse import DONE, EventTooLarge, SSEParser
 from gateway.upstream import UpstreamResponse
@@ -312,15 +311,8 @@ class ResumableStream:
                     batch.append(DONE)
                     finished = True
                     break
-                if carries_content(data):
-                    self.outcome.content_events += 1
-                if b'"usage":{' in data:
-                    usage, usage_only = usage_in_event(data)
-                    if usage is not None:
-                        self.outcome.usage = usage
-                        if usage_only and self.strip_usage:
-                            continue
-                self.outcome.events += 1
+                if not self.outcome.observe(data, self.strip_usage):
+                    continue
                 batch.append(data)
                 if data.startswith(b'{"error"'):
                     self.outcome.termination = Termination.UPSTREAM_ERROR

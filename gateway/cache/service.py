@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from gateway import metrics
+from gateway.background import BackgroundTasks
 from gateway.cache.backends import CacheBackend
 from gateway.cache.entry import (
     CacheEntry,
@@ -36,7 +36,7 @@ class ResponseCache:
         self.settings = settings
         self.backend = backend
         self.flights = Flights()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks(MAX_BACKGROUND)
 
     async def lookup(self, decision: CacheDecision) -> CacheEntry | None:
         assert decision.key is not None
@@ -116,16 +116,10 @@ class ResponseCache:
             metrics.CACHE_STORES.labels(entry.kind).inc()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        if len(self._background) >= MAX_BACKGROUND:
-            work.close()  # the cache is best effort; never an unbounded backlog
-            return
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(work)  # the cache is best effort: dropped when too much is queued
 
     async def close(self) -> None:
-        if self._background:
-            await asyncio.wait(self._background, timeout=CLOSE_SECONDS)
+        await self._background.wait(CLOSE_SECONDS)
         await self.backend.close()
 
 

@@ -1,0 +1,31 @@
+"""Work that runs after an answer went out (cache writes, settling limits): bounded, awaited at
+shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+
+class BackgroundTasks:
+    """At most ``limit`` tasks at once; beyond it new work is dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Start ``work``; False when it was dropped because the limit is reached."""
+        if len(self._tasks) >= self._limit:
+            work.close()
+            return False
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the tasks under way."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=seconds)
