@@ -55,6 +55,8 @@ class Connection(asyncio.Protocol):
     def send(self, request: bytes, *, record_events: bool = False) -> Exchange:
         assert self.transport is not None
         self.exchange = Exchange(time.perf_counter(), event_times=[] if record_events else None)
+        # Scenarios that close their own connections (idle memory) never await these answers.
+        self.exchange.done.add_done_callback(_seen)
         self._head, self._in_body, self._length, self._tail = b"", False, None, b""
         self.transport.write(request)
         return self.exchange
@@ -98,6 +100,11 @@ class Connection(asyncio.Protocol):
         exchange.ended = now
         if not exchange.done.done():
             exchange.done.set_result(None)
+
+
+def _seen(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def connect(port: int) -> Connection:
