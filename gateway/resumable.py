@@ -115,10 +115,16 @@ class RedisLogs:
         self._redis = client
         self._prefix = prefix
         self._settings = settings
+        # While a stream runs its keys live this long; when it ends, ``retention``.
+        self._running_ttl = int(settings.grace + settings.retention + 86400)
 
     def _keys(self, stream_id: str) -> tuple[str, str]:
         tag = f"{self._prefix}:{{s:{stream_id}}}"
         return f"{tag}:ev", f"{tag}:meta"
+
+    def _pipeline(self) -> Any:
+        """A non-transactional pipeline (Any: redis-py types queued calls as awaitables)."""
+        return self._redis.pipeline(transaction=False)
 
     async def _do(self, call: Any) -> Any:
         async with asyncio.timeout(REDIS_TIMEOUT):
@@ -126,19 +132,15 @@ class RedisLogs:
 
     async def create(self, stream_id: str, owner: str) -> None:
         _, meta = self._keys(stream_id)
-        ttl = int(self._settings.grace + self._settings.retention + 86400)  # until it ends
-        pipe: Any = self._redis.pipeline(
-            transaction=False
-        )  # redis-py types queued calls as awaitables
+        ttl = self._running_ttl
+        pipe = self._pipeline()
         pipe.hset(meta, mapping={"owner": owner, "seen": time.time()})
         pipe.expire(meta, ttl)
         await self._do(pipe.execute())
 
     async def append(self, stream_id: str, items: list[tuple[int, bytes]]) -> None:
         events, _ = self._keys(stream_id)
-        pipe: Any = self._redis.pipeline(
-            transaction=False
-        )  # redis-py types queued calls as awaitables
+        pipe = self._pipeline()
         for seq, data in items:
             pipe.xadd(
                 events,
@@ -147,14 +149,13 @@ class RedisLogs:
                 maxlen=self._settings.max_events,
                 approximate=True,
             )
+        pipe.expire(events, self._running_ttl)  # a worker that dies mid-stream leaves no orphan
         await self._do(pipe.execute())
 
     async def finish(self, stream_id: str, seq: int) -> None:
         events, meta = self._keys(stream_id)
         retention = int(self._settings.retention)
-        pipe: Any = self._redis.pipeline(
-            transaction=False
-        )  # redis-py types queued calls as awaitables
+        pipe = self._pipeline()
         pipe.xadd(events, {"end": "1"}, id=f"{seq}-0")
         pipe.hset(meta, "done", "1")
         pipe.expire(events, retention)

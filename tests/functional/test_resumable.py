@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from gateway import mock
 from gateway.sse import SSEEvent, SSEParser
@@ -119,6 +120,11 @@ async def test_resume_across_two_workers_on_redis(
     assert ids == list(range(1, len(ids) + 1))
     assert rest[-1].data == b"[DONE]"
     assert text_of(head + rest) == mock.expected_text(body)
+    client = aioredis.Redis.from_url(redis_url)
+    keys = [k async for k in client.scan_iter(f"{redis_prefix}:{{s:{stream_id}}}:*")]
+    ttls = [await client.ttl(k) for k in keys]
+    await client.aclose()
+    assert len(keys) == 2 and all(0 < ttl <= 300 for ttl in ttls)  # retention after the end
 
 
 async def test_resume_by_another_key_is_refused_and_expired_is_204(
