@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,19 @@ async def test_resumable_by_configuration(
         second = request_body("y", chunks=3)
         async with session.post(gateway.url + URL, json=second, headers=opt_out) as response:
             assert "X-Gateway-Stream-Id" not in response.headers
+
+
+async def test_sigterm_lets_a_resumable_stream_finish(
+    start_gateway: Any, mock_upstream: Proc, tmp_path: Path
+) -> None:
+    gateway: Proc = start_gateway("--config", str(write_config(tmp_path, mock_upstream.url)))
+    body = request_body("draining", chunks=30, delay=0.05)
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(gateway.url + URL, json=body, headers=RESUMABLE)
+        reading = asyncio.create_task(read_events(response))
+        await asyncio.sleep(0.3)
+        gateway.signal(signal.SIGTERM)
+        events = await asyncio.wait_for(reading, 10)
+    assert events[-1].data == b"[DONE]"
+    assert text_of(events) == mock.expected_text(body)
+    assert gateway.stop() == 0
