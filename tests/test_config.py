@@ -133,3 +133,20 @@ def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path, {})
     assert "sk-very-secret" not in str(caught.value)
+
+
+def test_cache_streams_and_limits_sections(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+cache: {mode: all, scope: global, ttl: 60, model_ttls: {demo: 5}, backend: memory}
+streams: {resumable: true, models: [demo], grace: 10, retention: 30}
+limits: {key_rpm: 100, ip_rpm: 50, client_ip_header: X-Real-IP}
+""",
+    )
+    config = load_config(path, {})
+    assert config.cache.ttl_for("demo") == 5 and config.cache.ttl_for("other") == 60
+    assert config.cache.scope == "global" and config.cache.mode == "all"
+    assert config.streams.resumable and config.streams.models == ("demo",)
+    assert config.limits.key_rpm == 100 and config.limits.any
+    assert not load_config(None, {}).limits.any  # no limit unless configured
