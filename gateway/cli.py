@@ -96,7 +96,22 @@ def check_config(path: str) -> None:
     for route in config.models.values():
         target = ", ".join(route.deployments)
         upstream = f" as {route.upstream_model}" if route.upstream_model else ""
-        click.echo(f"  model {route.name} -> {target}{upstream}")
+        extra = f" ({route.strategy}"
+        extra += f", then {', '.join(route.fallbacks)})" if route.fallbacks else ")"
+        click.echo(f"  model {route.name} -> {target}{upstream}{extra}")
+    limits = config.limits
+    set_limits = [
+        f"{name}={value}"
+        for name in ("key_rpm", "key_tpm", "key_concurrent", "ip_rpm", "global_rps")
+        if (value := getattr(limits, name)) is not None
+    ]
+    click.echo(f"  limits: {', '.join(set_limits) or 'none (keys may carry their own)'}")
+    click.echo(
+        f"  cache: {config.cache.mode}, scope {config.cache.scope}, ttl {config.cache.ttl:g} s"
+    )
+    streams = config.streams
+    resumable = "all" if streams.resumable else ", ".join(streams.models) or "on request"
+    click.echo(f"  resumable streams: {resumable}")
 
 
 def _load(config_path: str | None) -> Config:

@@ -39,7 +39,8 @@ def test_check_config_accepts_and_rejects(tmp_path: Path) -> None:
     good = write_config(tmp_path, "http://127.0.0.1:9")
     ok = subprocess.run(gateway_command("check-config", str(good)), capture_output=True, text=True)
     assert ok.returncode == 0
-    assert "model alias -> mock as mock-gpt" in ok.stdout
+    assert "model alias -> mock as mock-gpt (weighted)" in ok.stdout
+    assert "limits: none" in ok.stdout and "cache: deterministic" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("server:\n  port: eighty\n")
     failed = subprocess.run(
