@@ -212,6 +212,7 @@ class StreamSettings:
 
     resumable: bool = False  # for every stream; else per request (X-Gateway-Resumable) or model
     models: tuple[str, ...] = ()  # client model names whose streams are always resumable
+    keys: tuple[str, ...] = ()  # API key ids (key_...) whose streams are always resumable
     grace: float = 60.0  # how long a stream nobody reads keeps running, waiting for a resumer
     retention: float = 300.0  # how long its events can be replayed after it ended
     max_events: int = 10_000  # per stream; older events are dropped beyond it
@@ -405,8 +406,9 @@ def _build_streams(raw: Mapping[str, Any], source: str) -> StreamSettings:
     values: dict[str, Any] = {}
     if "resumable" in raw:
         values["resumable"] = _boolean(raw["resumable"], "streams.resumable", source)
-    if "models" in raw:
-        values["models"] = _strings(raw["models"], "streams.models", source)
+    for name in ("models", "keys"):
+        if name in raw:
+            values[name] = _strings(raw[name], f"streams.{name}", source)
     for name in ("grace", "retention"):
         if name in raw:
             values[name] = _positive(raw[name], f"streams.{name}", source)

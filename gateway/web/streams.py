@@ -35,12 +35,17 @@ Read = Callable[[int, float], Awaitable[tuple[list[tuple[int, bytes]], bool]]]
 
 
 def wants_resumable(request: web.Request, model: str) -> bool:
-    """Per request (X-Gateway-Resumable), per model, or for every stream."""
+    """Per request (X-Gateway-Resumable), per model, per API key, or for every stream."""
     settings = request.app[CONFIG].streams
     asked = request.headers.get(RESUMABLE_HEADER, "").strip().lower()
     if asked in {"false", "0", "no"}:
         return False
-    return asked in {"true", "1", "yes"} or settings.resumable or model in settings.models
+    return (
+        asked in {"true", "1", "yes"}
+        or settings.resumable
+        or model in settings.models
+        or (bool(settings.keys) and owner_of(request) in settings.keys)
+    )
 
 
 def owner_of(request: web.Request) -> str:

@@ -210,23 +210,37 @@ async def test_explicit_cancel_stops_the_generation(gateway_on_mock: Proc) -> No
     assert records[0]["outcome"] == "disconnected"
 
 
-@pytest.mark.parametrize("configured", ["model", "all"])
+@pytest.mark.parametrize("configured", ["model", "key", "all"])
 async def test_resumable_by_configuration(
     start_gateway: Any, mock_upstream: Proc, tmp_path: Path, configured: str
 ) -> None:
+    env = {
+        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "s.sqlite3"),
+        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
+    }
+    key_id, key = create_key(env)
+    _, other_key = create_key(env)
+    setting = {
+        "model": "streams: {models: [mock-gpt]}",
+        "key": f"streams: {{keys: [{key_id}]}}",
+        "all": "streams: {resumable: true}",
+    }[configured]
     config = write_config(tmp_path, mock_upstream.url)
-    setting = {"model": "streams: {models: [mock-gpt]}", "all": "streams: {resumable: true}"}[
-        configured
-    ]
     config.write_text(config.read_text() + setting + "\n")
-    gateway: Proc = start_gateway("--config", str(config))
+    gateway: Proc = start_gateway("--config", str(config), env=env)
+    auth = {"Authorization": f"Bearer {key}"}
     async with aiohttp.ClientSession() as session:
-        async with session.post(gateway.url + URL, json=request_body("x", chunks=3)) as response:
+        first = request_body("x", chunks=3)
+        async with session.post(gateway.url + URL, json=first, headers=auth) as response:
             assert response.headers.get("X-Gateway-Stream-Id", "").startswith("strm_")
-        opt_out = {"X-Gateway-Resumable": "false"}
+        opt_out = {"X-Gateway-Resumable": "false", **auth}
         second = request_body("y", chunks=3)
         async with session.post(gateway.url + URL, json=second, headers=opt_out) as response:
             assert "X-Gateway-Stream-Id" not in response.headers
+        other = {"Authorization": f"Bearer {other_key}"}
+        async with session.post(gateway.url + URL, json=second, headers=other) as response:
+            resumable = "X-Gateway-Stream-Id" in response.headers
+            assert resumable == (configured != "key")  # the key setting is that key's alone
 
 
 async def test_sigterm_lets_a_resumable_stream_finish(
