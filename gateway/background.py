@@ -8,6 +8,12 @@ from collections.abc import Coroutine
 from typing import Any
 
 
+def mark_retrieved(future: asyncio.Future[Any]) -> None:
+    """A done-callback: a future's failure counts as seen, so one nobody awaited does not warn."""
+    if not future.cancelled():
+        future.exception()
+
+
 class BackgroundTasks:
     """At most ``limit`` tasks at once; beyond it new work is dropped."""
 

@@ -112,15 +112,23 @@ def _error(status: int, message: str, param: str | None = None) -> web.Response:
     return web.json_response(body, status=status)
 
 
-async def _completion(request: web.Request) -> web.StreamResponse:
-    """Chat completions and legacy completions, streamed or not."""
-    state = request.app[MOCK_STATE]
+async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request body as a JSON object, or the 400 to answer instead."""
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         return _error(400, "The request body is not valid JSON.")
     if not isinstance(body, dict):
         return _error(400, "The request body must be a JSON object.")
+    return body
+
+
+async def _completion(request: web.Request) -> web.StreamResponse:
+    """Chat completions and legacy completions, streamed or not."""
+    state = request.app[MOCK_STATE]
+    body = await _json_object(request)
+    if isinstance(body, web.Response):
+        return body
     try:
         defaults = state.defaults_for(request.headers.get("Authorization"))
         behaviour = mock.behaviour_for(defaults, body, request.headers)
@@ -191,11 +199,10 @@ async def _answer(
 
 async def _embeddings(request: web.Request) -> web.Response:
     state = request.app[MOCK_STATE]
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return _error(400, "The request body is not valid JSON.")
-    if not isinstance(body, dict) or body.get("input") is None:
+    body = await _json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    if body.get("input") is None:
         return _error(400, "Missing required parameter: 'input'.", "input")
     record = state.begin(request, body)
     state.end(record, "completed")

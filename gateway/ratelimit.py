@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.background import BackgroundTasks
 from gateway.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from gateway.store.redis import REDIS_ERRORS
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -221,10 +221,6 @@ class RateLimiter:
             self._adjust = redis.register_script(_ADJUST)
             self._acquire = redis.register_script(_ACQUIRE)
 
-    @property
-    def shared(self) -> bool:
-        return self._redis is not None
-
     def _key(self, scope: str, subject: str) -> str:
         return f"{self._prefix}:{{rl:{subject}}}:{scope}"
 
@@ -238,7 +234,7 @@ class RateLimiter:
                     allowed, used, reset_ms, bucket = await self._take(
                         keys=[key], args=[width, BUCKETS, window.limit, cost]
                     )
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
             else:
                 self.breaker.success()
@@ -261,7 +257,7 @@ class RateLimiter:
                     keys=[self._key(window.scope, window.subject)],
                     args=[window.width_ms, BUCKETS, verdict.bucket, delta],
                 )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
 
     async def acquire(self, scope: str, subject: str, limit: int) -> Slot | None:
@@ -273,7 +269,7 @@ class RateLimiter:
                     got = await self._acquire(
                         keys=[self._key(scope, subject)], args=[limit, self._lease_ms, lease]
                     )
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
             else:
                 self.breaker.success()
@@ -287,7 +283,7 @@ class RateLimiter:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._redis.zrem(self._key(slot.scope, slot.subject), slot.lease)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)  # the lease expires on its own
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:

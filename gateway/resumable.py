@@ -16,14 +16,14 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.background import mark_retrieved
 from gateway.config import Deployment, StreamSettings
 from gateway.errors import (
     GatewayError,
@@ -31,8 +31,9 @@ from gateway.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from gateway.relay import StreamOutcome, Termination
+from gateway.relay import OpenedUpstream, StreamOutcome, Termination
 from gateway.sse import DONE, EventTooLarge, SSEParser
+from gateway.store.redis import REDIS_ERRORS
 from gateway.upstream import UpstreamResponse
 
 log = logging.getLogger("gateway.resumable")
@@ -47,14 +48,6 @@ ABANDONED = (
     b'{"error":{"message":"Nobody resumed the stream within its grace period.",'
     b'"type":"cancelled","param":null,"code":"stream_abandoned"}}'
 )
-
-
-class Opened(Protocol):
-    @property
-    def response(self) -> UpstreamResponse: ...
-
-    @property
-    def deployment(self) -> Deployment: ...
 
 
 def new_stream_id() -> str:
@@ -221,7 +214,7 @@ class ResumableStream:
         self.mirror = mirror
         self.grace = grace
         self.opened: asyncio.Future[None] = loop.create_future()
-        self.opened.add_done_callback(_retrieve)
+        self.opened.add_done_callback(mark_retrieved)
         self.done: asyncio.Future[None] = loop.create_future()
         self.task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -229,7 +222,7 @@ class ResumableStream:
         self._mirror_ok = mirror is not None
         self._loop = loop
 
-    def start(self, opening: Awaitable[Opened]) -> None:
+    def start(self, opening: Awaitable[OpenedUpstream]) -> None:
         self.task = self._loop.create_task(self._run(opening))
         self._watcher = self._loop.create_task(self._watch())
 
@@ -238,7 +231,7 @@ class ResumableStream:
             self.cancel_reason = reason
             self.task.cancel()
 
-    async def _run(self, opening: Awaitable[Opened]) -> None:
+    async def _run(self, opening: Awaitable[OpenedUpstream]) -> None:
         response: UpstreamResponse | None = None
         clean = False
         try:
@@ -337,7 +330,7 @@ class ResumableStream:
         """Mirror to Redis; on failure stop mirroring (the stream goes on, resumable here only)."""
         try:
             await call
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._mirror_ok = False
             metrics.RESUME_MIRROR_FAILURES.inc()
             log.warning(
@@ -354,7 +347,7 @@ class ResumableStream:
             if self.mirror is not None and self._mirror_ok:
                 try:
                     cancel, remote = await self.mirror.watch(self.log.stream_id)
-                except (RedisError, OSError, TimeoutError):
+                except REDIS_ERRORS:
                     cancel, remote = False, 0.0
                 if cancel:
                     self.cancel()
@@ -376,7 +369,7 @@ class ResumableStreams:
     def start(
         self,
         owner: str,
-        opening: Awaitable[Opened],
+        opening: Awaitable[OpenedUpstream],
         outcome: StreamOutcome,
         *,
         strip_usage: bool,
@@ -418,11 +411,3 @@ class ResumableStreams:
         rest = [s.done for s in self._streams.values() if not s.done.done()]
         if rest:
             await asyncio.wait(rest, timeout=2.0)
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-ReadEvents = Callable[[int, float], Awaitable[tuple[list[tuple[int, bytes]], bool]]]

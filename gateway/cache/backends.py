@@ -15,11 +15,11 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import NullSerializer
-from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.breaker import BreakerSettings, CircuitBreaker
 from gateway.cache.entry import CacheEntry
+from gateway.store.redis import REDIS_ERRORS
 
 log = logging.getLogger("gateway.cache")
 
@@ -99,7 +99,7 @@ class RedisBackend:
         try:
             async with asyncio.timeout(self._timeout):
                 raw = await self._redis.get(f"{self._prefix}:cache:{key}")
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return None
         self.breaker.success()
@@ -117,7 +117,7 @@ class RedisBackend:
                 await self._redis.set(
                     f"{self._prefix}:cache:{key}", value, px=max(1, int(ttl * 1000))
                 )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return False
         self.breaker.success()

@@ -13,23 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
+from gateway.background import mark_retrieved
 from gateway.config import Deployment
 from gateway.errors import GatewayError, UpstreamError, UpstreamProtocolError
-from gateway.upstream import UpstreamResponse
+from gateway.relay import OpenedUpstream
 
 DONE_TAIL = b"data: [DONE]\n\n"
-
-
-class Opened(Protocol):
-    """An upstream response and the deployment that sent it (what the router returns)."""
-
-    @property
-    def response(self) -> UpstreamResponse: ...
-
-    @property
-    def deployment(self) -> Deployment: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +52,7 @@ class Flight:
         self.size = 0
         self.max_bytes = max_bytes
         self.opened: asyncio.Future[FlightMeta] = loop.create_future()
-        self.opened.add_done_callback(_retrieve)
+        self.opened.add_done_callback(mark_retrieved)
         self.error: BaseException | None = None
         self.done = False
         self.clean = False  # read to its end without an error
@@ -86,7 +76,7 @@ class Flight:
 
     def start(
         self,
-        opening: Awaitable[Opened],
+        opening: Awaitable[OpenedUpstream],
         *,
         stream: bool,
         body_limit: int,
@@ -109,7 +99,7 @@ class Flight:
 
     async def _produce(
         self,
-        opening: Awaitable[Opened],
+        opening: Awaitable[OpenedUpstream],
         stream: bool,
         body_limit: int,
         on_done: Callable[[Flight], None],
@@ -315,9 +305,3 @@ class Flights:
     def remove(self, flight: Flight) -> None:
         if self._live.get(flight.key) is flight:
             del self._live[flight.key]
-
-
-def _retrieve(future: asyncio.Future[FlightMeta]) -> None:
-    """Mark an opening failure as seen: a flight nobody waited on must not warn."""
-    if not future.cancelled():
-        future.exception()

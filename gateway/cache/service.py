@@ -15,9 +15,10 @@ from gateway.cache.entry import (
     completion_to_stream,
     stream_is_complete,
 )
-from gateway.cache.flight import Flight, FlightMeta, Flights, Opened, OpenedReader
+from gateway.cache.flight import Flight, FlightMeta, Flights, OpenedReader
 from gateway.cache.policy import CacheDecision
 from gateway.config import CacheSettings, Deployment
+from gateway.relay import OpenedUpstream
 
 log = logging.getLogger("gateway.cache")
 
@@ -67,7 +68,7 @@ class ResponseCache:
         decision: CacheDecision,
         *,
         stream: bool,
-        open_upstream: Callable[[], Awaitable[Opened]],
+        open_upstream: Callable[[], Awaitable[OpenedUpstream]],
         body_limit: int,
     ) -> tuple[OpenedFlight, bool]:
         """Join the identical request in flight, or start one; True when joined."""
@@ -92,7 +93,7 @@ class ResponseCache:
 
     def _finished(self, flight: Flight, decision: CacheDecision, stream: bool) -> None:
         self.flights.remove(flight)
-        if not (decision.store and flight.clean and flight.recorded and flight.base == 0):
+        if not (decision.store and flight.clean and flight.recorded):
             return
         body = b"".join(flight.chunks)
         if stream and not stream_is_complete(body):

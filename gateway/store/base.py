@@ -32,6 +32,18 @@ class KeyRecord:
     revoked_at: float | None = None
 
 
+# The counters kept per (key, model, day), and those also kept for a key's lifetime.
+USAGE_COUNTERS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "estimated_requests",
+    "cache_hits",
+    "errors",
+)
+KEY_COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "cache_hits", "errors")
+
+
 @dataclass(slots=True)
 class UsageDelta:
     """Counts to add for one (key, model, day): one element of a flushed batch."""

@@ -27,19 +27,20 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
-from gateway.store.base import KeyCounters, KeyRecord, StoreUnavailable, UsageDelta, UsageRow
+from gateway.store.base import (
+    KEY_COUNTERS,
+    USAGE_COUNTERS,
+    KeyCounters,
+    KeyRecord,
+    StoreUnavailable,
+    UsageDelta,
+    UsageRow,
+)
 
 BATCH_MEMORY_SECONDS = 7 * 86400
+# What a Redis call can fail with: the client's errors, the socket's, and our own time bound.
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 MAX_CONNECTIONS = 32  # per worker, shared by the store, the key cache and the rate limiter
-_USAGE_COUNTERS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "estimated_requests",
-    "cache_hits",
-    "errors",
-)
-_KEY_COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "cache_hits", "errors")
 
 # KEYS: batches, counters, daily.  ARGV: batch_id, now, horizon, last_used, then triples
 # (day|model|counter field, counter name, amount).
@@ -105,7 +106,7 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._timeout + 0.5):
                 return await call
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"Redis store: {type(exc).__name__}: {exc}") from exc
 
     async def open(self) -> None:
@@ -177,8 +178,8 @@ class RedisStore:
             args: list[Any] = [batch_id, now, now - BATCH_MEMORY_SECONDS]
             args.append(repr(max(d.last_used for d in group)))
             for d in group:
-                for counter in _USAGE_COUNTERS:
-                    lifetime = counter if counter in _KEY_COUNTERS else ""
+                for counter in USAGE_COUNTERS:
+                    lifetime = counter if counter in KEY_COUNTERS else ""
                     args += [f"{d.day}|{d.model}|{counter}", lifetime, getattr(d, counter)]
             keys = [self._key(key_id, p) for p in ("batches", "counters", "daily")]
             await self._do(self._redis.zadd(self._index, {key_id: now}, nx=True))

@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 
 import orjson
 
-from gateway.store.base import KeyCounters, KeyRecord, StoreUnavailable, UsageDelta, UsageRow
+from gateway.store.base import (
+    USAGE_COUNTERS,
+    KeyCounters,
+    KeyRecord,
+    StoreUnavailable,
+    UsageDelta,
+    UsageRow,
+)
 
 T = TypeVar("T")
 
@@ -45,19 +52,11 @@ CREATE TABLE IF NOT EXISTS applied_batches (batch_id TEXT PRIMARY KEY, applied_a
 _KEY_COLUMNS = (
     "id, name, key_hash, prefix, created_at, models, rpm, tpm, max_requests, expires_at, revoked_at"
 )
-_USAGE_COUNTERS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "estimated_requests",
-    "cache_hits",
-    "errors",
-)
 
 _UPSERT_DAILY = (
-    f"INSERT INTO usage_daily (key_id, model, day, {', '.join(_USAGE_COUNTERS)}, last_used) "
+    f"INSERT INTO usage_daily (key_id, model, day, {', '.join(USAGE_COUNTERS)}, last_used) "
     "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key_id, model, day) DO UPDATE SET "
-    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _USAGE_COUNTERS)
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in USAGE_COUNTERS)
     + ", last_used = max(last_used, excluded.last_used)"
 )
 _UPSERT_COUNTERS = (
@@ -215,7 +214,7 @@ class SQLiteStore:
             args.append(since)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         query = (
-            f"SELECT key_id, model, day, {', '.join(_USAGE_COUNTERS)}, last_used FROM usage_daily "
+            f"SELECT key_id, model, day, {', '.join(USAGE_COUNTERS)}, last_used FROM usage_daily "
             f"{clause} ORDER BY day, key_id, model"
         )
         rows = await self._call(lambda db: db.execute(query, args).fetchall())

@@ -16,14 +16,13 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.cache.entry import CacheEntry
-from gateway.cache.flight import Opened
 from gateway.cache.policy import decide
 from gateway.cache.service import CACHE_DEPLOYMENT, OpenedFlight, ResponseCache
 from gateway.config import ModelRoute, ServerSettings
 from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestTimeout
 from gateway.keys import check_model
 from gateway.openai import Endpoint, ParsedRequest, parse_request, usage_in_body
-from gateway.relay import StreamOutcome, relay_stream
+from gateway.relay import OpenedUpstream, StreamOutcome, relay_stream
 from gateway.store import StoreUnavailable
 from gateway.web.accounting import RECORD, SIDECAR
 from gateway.web.auth import API_KEY
@@ -181,7 +180,7 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     def body_for(serving: ModelRoute) -> bytes:
         return parsed.upstream_body(serving.upstream_name(parsed.model))
 
-    def open_upstream() -> Awaitable[Opened]:
+    def open_upstream() -> Awaitable[OpenedUpstream]:
         return request.app[ROUTER].open(route, endpoint.value, body_for)
 
     cache = request.app[CACHE]
@@ -195,7 +194,7 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     headers = request.setdefault(RESPONSE_HEADERS, {})
     headers["X-Gateway-Cache"] = "bypass" if decision.bypass else "miss"
     shared: OpenedFlight | None = None
-    opening: Awaitable[Opened]
+    opening: Awaitable[OpenedUpstream]
     if decision.bypass:
         opening = open_upstream()
     else:
@@ -229,7 +228,7 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
 
 
 async def _relay(
-    request: web.Request, opening: Awaitable[Opened], client_wants_usage: bool
+    request: web.Request, opening: Awaitable[OpenedUpstream], client_wants_usage: bool
 ) -> web.StreamResponse:
     record = request[RECORD]
     record.stream = StreamOutcome()
@@ -246,7 +245,7 @@ async def _relay(
 
 
 async def _stream(
-    request: web.Request, opening: Awaitable[Opened], parsed: ParsedRequest
+    request: web.Request, opening: Awaitable[OpenedUpstream], parsed: ParsedRequest
 ) -> web.StreamResponse:
     """Relay the stream, or run it as a resumable stream with an event log."""
     if wants_resumable(request, parsed.model):

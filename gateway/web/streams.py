@@ -13,14 +13,20 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.config import ServerSettings
-from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, ServiceUnavailable
-from gateway.relay import SSE_HEADERS, StreamOutcome
-from gateway.resumable import EventLog, Opened, RedisLogs, ResumableStream, ResumableStreams
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+)
+from gateway.relay import SSE_HEADERS, OpenedUpstream, StreamOutcome
+from gateway.resumable import EventLog, RedisLogs, ResumableStream, ResumableStreams
 from gateway.sse import encode_comment, encode_event
+from gateway.store.redis import REDIS_ERRORS
 from gateway.web.accounting import RECORD
 from gateway.web.auth import API_KEY
 from gateway.web.keys import CONFIG
@@ -54,7 +60,7 @@ def owner_of(request: web.Request) -> str:
 
 
 async def start_resumable(
-    request: web.Request, opening: Awaitable[Opened], client_wants_usage: bool
+    request: web.Request, opening: Awaitable[OpenedUpstream], client_wants_usage: bool
 ) -> web.StreamResponse:
     """Start the producer, wait for its first event (an error before it is a real status), then
     serve the log from the start. The stats event waits for the stream to end."""
@@ -136,10 +142,8 @@ def _check_owner(stored: str, presented: str) -> None:
         )
 
 
-def _gone(stream_id: str) -> InvalidRequest:
-    error = InvalidRequest(f"No stream {stream_id!r} (unknown or expired).", code="stream_gone")
-    error.status = 404  # type: ignore[misc]
-    return error
+def _gone(stream_id: str) -> NotFound:
+    return NotFound(f"No stream {stream_id!r} (unknown or expired).", code="stream_gone")
 
 
 async def _serve_local(
@@ -168,14 +172,14 @@ async def _serve_remote(
     async def read(seq: int, wait: float) -> tuple[list[tuple[int, bytes]], bool]:
         try:
             return await mirror.read(stream_id, seq, min(wait, TOUCH_SECONDS))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             raise ServiceUnavailable(
                 "The stream's buffer in Redis is unreachable; try again shortly.",
                 code="stream_buffer_unavailable",
             ) from exc
 
     async def touch() -> None:
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await mirror.touch(stream_id)
 
     return await _serve(request, stream_id, after, read, touch)
