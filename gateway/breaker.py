@@ -94,14 +94,25 @@ class CircuitBreaker:
                 self._move(BreakerState.CLOSED)
         self._failures = 0
 
-    def failure(self) -> None:
-        """The deployment failed before its first byte (connect, timeout, 5xx, 429)."""
+    def failure(self, *, may_open: bool = True) -> None:
+        """The deployment failed before its first event (connect, timeout, 5xx, a broken start).
+
+        ``may_open=False``: count it but stay closed (the router never ejects a deployment that
+        is the only one of its route: with nowhere else to go, ejecting only refuses requests).
+        """
         if self._state is BreakerState.HALF_OPEN:
             self._probes = max(0, self._probes - 1)
-            self._open()
+            if may_open:
+                self._open()
+            else:
+                self._move(BreakerState.CLOSED)
             return
         self._failures += 1
-        if self._state is BreakerState.CLOSED and self._failures >= self._settings.failures:
+        if (
+            may_open
+            and self._state is BreakerState.CLOSED
+            and self._failures >= self._settings.failures
+        ):
             self._open()
 
     def release(self) -> None:

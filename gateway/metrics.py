@@ -6,13 +6,16 @@ mode: counters summed, live gauges ``livesum``, dead workers marked by the super
 variable (a single in-process app, as in unit tests) the default registry is used.
 
 Names follow Prometheus conventions with the ``llm_gateway_`` prefix. Nothing here is called per
-event: the relay observes once per write, everything else once per request or per flush.
+event: a stream's inter-event gaps are bucketed in plain ints and published once when it ends,
+everything else once per request or per flush.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -208,3 +211,24 @@ def mark_worker_dead(pid: int) -> None:
     """Tell the multiprocess collector a worker is gone, so its live gauges stop counting."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+INTER_EVENT_BOUNDS = _LATENCY_BUCKETS
+
+
+def publish_inter_event(model: str) -> Callable[[list[int], float], None]:
+    """Adds a stream's bucketed inter-event gaps to the histogram in one go.
+
+    prometheus_client has no bulk observe; its histogram child keeps one value per bucket and a
+    sum (``_buckets``, ``_sum``), which this adds to directly: a handful of mmap writes per stream
+    instead of one per event. The bucket bounds are :data:`INTER_EVENT_BOUNDS`.
+    """
+    child: Any = INTER_EVENT.labels(model)
+
+    def publish(counts: list[int], total: float) -> None:
+        for bucket, count in zip(child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+        child._sum.inc(total)
+
+    return publish

@@ -1,95 +1,40 @@
-"""The chunk relay: upstream SSE read in 512-byte chunks, each event sent on as soon as it is whole.
+"""The client relay: a sink of the event source that writes straight to the client's transport.
 
-The response headers wait for the first upstream event, so a failure before it is still a real HTTP
-status. If the first event takes longer than the keep-alive interval, the headers go out with a
-keep-alive comment and the wait goes on. After the headers, any failure (upstream error, timeout,
-malformed stream, shutdown) ends the stream with one ``data: {"error": ...}`` event, no ``[DONE]``.
+The response headers wait for the first upstream event (the router only hands over a stream whose
+first event arrived), so a failure before it is still a real HTTP status; if that takes longer than
+the keep-alive interval, the headers go out with a keep-alive comment and the wait goes on. After
+the headers, any failure (upstream error, timeout, malformed stream, shutdown) ends the stream with
+one ``data: {"error": ...}`` event, no ``[DONE]``.
 
-The relay never re-encodes JSON: events are re-framed (LF line ends, ``data: `` prefixes) as bytes.
+Once the stream runs, events are written from the source's callback, chunk-framed here, with no
+task wake-up per event. Flow control: when more than ``HIGH_WATER`` bytes wait in the client's
+transport, the upstream stops being read; the handler task waits for the client to take them
+(at most ``write_stall_timeout``, then the client is dropped) and reading resumes. So one stream
+holds at most about ``HIGH_WATER`` plus one upstream read in memory, whatever the client does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import weakref
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Awaitable
 
 from aiohttp import web
 
 from gateway import metrics
-from gateway.config import Deployment, ServerSettings
-from gateway.errors import (
-    GatewayError,
-    ServiceUnavailable,
-    UpstreamProtocolError,
-    UpstreamTimeout,
-)
-from gateway.openai import Usage, carries_content, usage_in_event
-from gateway.sse import DONE, EventTooLarge, SSEEvent, SSEParser, encode_comment, encode_event
-from gateway.upstream import UpstreamResponse
+from gateway.config import ServerSettings
+from gateway.errors import GatewayError, ServiceUnavailable, UpstreamTimeout
+from gateway.source import KEEPALIVE_COMMENT, EventSource
+from gateway.stream import OpenedUpstream, StreamOutcome, Termination
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-KEEPALIVE_COMMENT = encode_comment(b"keep-alive")
-DONE_EVENT = b"data: [DONE]\n\n"
-# Below this many bytes queued in the transport a write cannot block, so it needs no timer.
-STALL_CHECK_BYTES = 32 * 1024
-# At most this many already-arrived 512-byte chunks are relayed in one write (16 KiB in all).
-COALESCE_CHUNKS = 31
-
-
-class Termination(enum.Enum):
-    """Why a stream ended."""
-
-    COMPLETED = "completed"
-    CLIENT_DISCONNECT = "client_disconnect"
-    UPSTREAM_ERROR = "upstream_error"
-    TIMEOUT = "timeout"
-    WRITE_STALL = "write_stall"
-    SHUTDOWN = "shutdown"
-
-
-@dataclass(slots=True)
-class StreamOutcome:
-    """What happened to one relayed stream; filled in as it goes, so it is right even on cancel."""
-
-    termination: Termination = Termination.COMPLETED
-    events: int = 0
-    content_events: int = 0  # events that delivered text: the completion-token estimate
-    deployment: str | None = None  # the deployment that answered
-    usage: Usage | None = None  # as reported by the upstream's usage chunk
-    first_event_at: float | None = None
-    error: GatewayError | None = None
-
-    def observe(self, data: bytes, strip_usage: bool) -> bool:
-        """Count one upstream event (content, usage); False for a usage-only event injected for
-        accounting that the client did not ask for (it is not forwarded)."""
-        if carries_content(data):
-            self.content_events += 1
-        if b'"usage":{' in data:
-            usage, usage_only = usage_in_event(data)
-            if usage is not None:
-                self.usage = usage
-                if usage_only and strip_usage:
-                    return False
-        self.events += 1
-        return True
-
-
-class OpenedUpstream(Protocol):
-    """An upstream response and the deployment that sent it (the router's answer)."""
-
-    @property
-    def response(self) -> UpstreamResponse: ...
-
-    @property
-    def deployment(self) -> Deployment: ...
+HIGH_WATER = 64 * 1024  # bytes queued for the client before the upstream is paused
+LOW_WATER = 16 * 1024  # ... and resumed
+DRAIN_POLL = 0.025
 
 
 class StreamHandle:
@@ -150,26 +95,20 @@ class LiveStreams:
                 return
 
 
-class _ClientGone(Exception):
-    """The client can no longer be written to."""
-
-
 async def relay_stream(
     request: web.Request,
     opening: Awaitable[OpenedUpstream],
     *,
     settings: ServerSettings,
     live: LiveStreams,
-    started: float,
     outcome: StreamOutcome,
     strip_usage: bool = False,
-    observe_gap: Callable[[float], None] | None = None,
 ) -> web.StreamResponse:
-    """Open the upstream stream (``opening``), relay it to the client, return the finished response.
+    """Wait for the upstream stream (``opening``), relay it to the client, return the response.
 
     Raises a GatewayError only while no header has been sent; ``outcome`` says how it ended.
     """
-    relay = _Relay(request, settings, started, outcome, strip_usage, observe_gap)
+    relay = ClientRelay(request, settings, outcome, strip_usage)
     task = asyncio.current_task()
     assert task is not None
     handle = StreamHandle(task)
@@ -178,65 +117,73 @@ async def relay_stream(
     try:
         return await relay.run(handle, opening)
     finally:
-        if relay.upstream is not None:
-            relay.upstream.close(complete=relay.finished)
+        relay.leave()
         live.discard(handle)
         metrics.ACTIVE_STREAMS.dec()
 
 
-class _Relay:
+class ClientRelay:
+    """One client's sink: frames for its transport, pauses the source when the client is slow."""
+
     __slots__ = (
-        "finished",
-        "last_write",
+        "_waiter",
+        "chunked",
+        "ended",
+        "error",
+        "gone",
         "loop",
-        "observe_gap",
         "outcome",
-        "parser",
+        "paused",
         "request",
         "response",
         "settings",
-        "started",
+        "source",
         "strip_usage",
-        "upstream",
+        "transport",
     )
 
     def __init__(
         self,
         request: web.Request,
         settings: ServerSettings,
-        started: float,
         outcome: StreamOutcome,
         strip_usage: bool,
-        observe_gap: Callable[[float], None] | None,
     ) -> None:
         self.request = request
-        self.strip_usage = strip_usage
-        self.observe_gap = observe_gap
-        self.upstream: UpstreamResponse | None = None
         self.settings = settings
-        self.started = started
         self.outcome = outcome
-        self.parser = SSEParser()
+        self.strip_usage = strip_usage
         self.loop = asyncio.get_running_loop()
         self.response: web.StreamResponse | None = None
-        self.last_write = self.loop.time()
-        self.finished = False  # [DONE] was relayed
+        self.transport: asyncio.Transport | None = None
+        self.source: EventSource | None = None
+        self.chunked = True
+        self.ended = False  # the source finished
+        self.gone = False  # the client cannot be written to
+        self.paused = False
+        self.error: GatewayError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- the handler task -------------------------------------------------------------------------
 
     async def run(
         self, handle: StreamHandle, opening: Awaitable[OpenedUpstream]
     ) -> web.StreamResponse:
         try:
             opened = await self._open(opening)
-            self.upstream = opened.response
+            source = opened.source
+            assert source is not None
             self.outcome.deployment = opened.deployment.name
-            await self._check_stream(opened.response)
-            await self._pump(opened.response, opened.deployment)
-        except _ClientGone:
-            pass
+            if self.response is None:
+                await self._prepare()
+            self.source = source
+            self.outcome.first_event_at = self.loop.time()
+            source.attach(self)
+            await self._follow()
         except GatewayError as exc:
             if self.response is None:
                 raise
-            await self._end_with_error(exc)
+            self.error = exc
         except asyncio.CancelledError:
             if not handle.aborting:
                 self.outcome.termination = Termination.CLIENT_DISCONNECT
@@ -244,155 +191,160 @@ class _Relay:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+            self.outcome.termination = Termination.SHUTDOWN
             error = ServiceUnavailable(
                 "The gateway is shutting down; the stream was ended before it finished.",
                 code="shutting_down",
             )
-            self.outcome.termination = Termination.SHUTDOWN
             if self.response is None:
                 raise error from None
-            await self._end_with_error(error, keep_termination=True)
+            self.error = error
         except ConnectionError:
+            self.gone = True
             self.outcome.termination = Termination.CLIENT_DISCONNECT
         assert self.response is not None
+        await self._close()
         return self.response
 
     async def _open(self, opening: Awaitable[OpenedUpstream]) -> OpenedUpstream:
-        """Wait for the upstream's response headers (the router may retry meanwhile), with
-        keep-alives if that takes a while."""
+        """Wait for the router's answer (it may retry meanwhile), with keep-alives if slow."""
         task = asyncio.ensure_future(opening)
+        interval = self.settings.keepalive_interval
         try:
             while True:
-                wait = self.last_write + self.settings.keepalive_interval - self.loop.time()
-                done, _ = await asyncio.wait({task}, timeout=max(wait, 0.0))
+                done, _ = await asyncio.wait({task}, timeout=interval)
                 if done:
                     break
-                await self._write(KEEPALIVE_COMMENT)
+                if self.response is None:
+                    await self._prepare()
+                assert self.response is not None
+                await self.response.write(KEEPALIVE_COMMENT)
         except BaseException:
             task.cancel()
             if task.done() and not task.cancelled() and task.exception() is None:
-                task.result().response.close()
+                opened = task.result()
+                if opened.source is not None:
+                    opened.source.close()
             raise
         return task.result()
 
-    async def _check_stream(self, upstream: UpstreamResponse) -> None:
-        if not upstream.content_type.startswith("text/event-stream"):
-            raise UpstreamProtocolError(
-                "The upstream answered a streaming request without an event stream."
-            )
-
-    async def _pump(self, upstream: UpstreamResponse, deployment: Deployment) -> None:
-        """Read, reassemble and forward until [DONE] or a failure."""
-        timeouts = deployment.timeouts
-        keepalive = self.settings.keepalive_interval
-        first_deadline = self.loop.time() + timeouts.first_byte
-        last_event = self.loop.time()
-        while True:
-            limit_at = first_deadline if self.outcome.events == 0 else last_event + timeouts.idle
-            wake_at = min(limit_at, self.last_write + keepalive)
-            try:
-                async with asyncio.timeout_at(wake_at):
-                    chunk = await upstream.read_chunk()
-            except TimeoutError:
-                if self.loop.time() >= limit_at:
-                    raise self._timeout_error(deployment) from None
-                await self._write(KEEPALIVE_COMMENT)
-                continue
-            if not chunk:
-                raise UpstreamProtocolError("The upstream ended the stream before [DONE].")
-            events = self._parse(chunk)
-            # Take the chunks that have already arrived too, so that they share one write; none of
-            # them waits for I/O, so no complete event is held back.
-            for _ in range(COALESCE_CHUNKS):
-                more = upstream.read_buffered()
-                if not more:
-                    break
-                events.extend(self._parse(more))
-            if not events:
-                continue
-            now = self.loop.time()
-            if self.outcome.first_event_at is None:
-                self.outcome.first_event_at = now
-            elif self.observe_gap is not None:
-                self.observe_gap(now - last_event)  # once per write, not per event
-            last_event = now
-            payload, finished = self._frame(events)
-            await self._write(payload)
-            if finished:
-                return
-
-    def _parse(self, chunk: bytes) -> list[SSEEvent]:
-        try:
-            return self.parser.feed(chunk)
-        except EventTooLarge as exc:
-            raise UpstreamProtocolError(f"The upstream sent an oversized event: {exc}") from None
-
-    def _frame(self, events: list[SSEEvent]) -> tuple[bytes, bool]:
-        """Re-frame whole events as canonical SSE bytes; True once the stream is over."""
-        parts: list[bytes] = []
-        for event in events:
-            data = event.data
-            if data == DONE:
-                parts.append(DONE_EVENT)
-                self.finished = True
-                return b"".join(parts), True
-            if not self.outcome.observe(data, self.strip_usage):
-                continue
-            if event.event is None and event.id is None and b"\n" not in data:
-                parts.append(b"data: " + data + b"\n\n")
-            else:
-                parts.append(encode_event(data, event=event.event, id=event.id))
-            if data.startswith(b'{"error"'):
-                # The upstream reported its own failure: forward it as the final event.
-                self.outcome.termination = Termination.UPSTREAM_ERROR
-                return b"".join(parts), True
-        return b"".join(parts), False
-
-    def _timeout_error(self, deployment: Deployment) -> UpstreamTimeout:
-        timeouts = deployment.timeouts
-        if self.outcome.events == 0:
-            return UpstreamTimeout(
-                f"Deployment {deployment.name!r} sent no event within {timeouts.first_byte:g} s."
-            )
-        return UpstreamTimeout(
-            f"Deployment {deployment.name!r} sent nothing for {timeouts.idle:g} s."
-        )
-
-    async def _prepare(self) -> web.StreamResponse:
+    async def _prepare(self) -> None:
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await response.prepare(self.request)
+        await response.write(b"")  # the headers go out now; events follow straight to transport
         self.response = response
-        return response
+        # aiohttp chose chunked framing for HTTP/1.1 (it says so in the headers it sent).
+        self.chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self.transport = self.request.transport
 
-    async def _write(self, data: bytes) -> None:
-        response = self.response or await self._prepare()
-        transport = self.request.transport
-        if transport is None or transport.is_closing():
-            self.outcome.termination = Termination.CLIENT_DISCONNECT
-            raise _ClientGone
-        if transport.get_write_buffer_size() < STALL_CHECK_BYTES:
-            await response.write(data)
-        else:
-            try:
-                async with asyncio.timeout(self.settings.write_stall_timeout):
-                    await response.write(data)
-            except TimeoutError:
-                # A client that stopped reading: drop it rather than buffer without bound.
+    async def _follow(self) -> None:
+        """Sleep while the source writes; wake only to wait out a slow client or to finish."""
+        while not (self.ended or self.gone):
+            if self.paused:
+                await self._drain()
+                continue
+            self._waiter = self.loop.create_future()
+            await self._waiter
+
+    async def _drain(self) -> None:
+        transport = self.transport
+        deadline = self.loop.time() + self.settings.write_stall_timeout
+        while transport is not None and not transport.is_closing():
+            if transport.get_write_buffer_size() <= LOW_WATER:
+                self.paused = False
+                if self.source is not None:
+                    self.source.resume()
+                return
+            if self.loop.time() >= deadline:
+                # A client that stopped reading: drop it rather than hold its stream forever.
                 self.outcome.termination = Termination.WRITE_STALL
+                self.gone = True
                 transport.abort()
-                raise _ClientGone from None
-        self.last_write = self.loop.time()
+                return
+            await asyncio.sleep(DRAIN_POLL)
+        self.gone = True
+        self.outcome.termination = Termination.CLIENT_DISCONNECT
 
-    async def _end_with_error(self, error: GatewayError, *, keep_termination: bool = False) -> None:
-        """Finish an already started stream with one error event (never a fake [DONE])."""
-        self.outcome.error = error
-        if not keep_termination:
-            self.outcome.termination = (
-                Termination.TIMEOUT
-                if isinstance(error, UpstreamTimeout)
-                else Termination.UPSTREAM_ERROR
-            )
+    async def _close(self) -> None:
+        """The final error event if any, then the end of the chunked body."""
+        assert self.response is not None
+        if self.gone:
+            return
+        error = self.error
+        if error is not None:
+            self.outcome.error = error
+            if self.outcome.termination is Termination.COMPLETED:
+                self.outcome.termination = (
+                    Termination.TIMEOUT
+                    if isinstance(error, UpstreamTimeout)
+                    else Termination.UPSTREAM_ERROR
+                )
+            self._write(b"data: " + error.to_json() + b"\n\n")
+        if self.gone:
+            return
         try:
-            await self._write(b"data: " + error.to_json() + b"\n\n")
-        except (_ClientGone, ConnectionError):
+            await self.response.write_eof()
+        except ConnectionError:
             self.outcome.termination = Termination.CLIENT_DISCONNECT
+
+    def leave(self) -> None:
+        """The handler is done: record what the source delivered, stop being a sink."""
+        source = self.source
+        if source is None:
+            return
+        self.source = None
+        outcome = self.outcome
+        outcome.events = source.events
+        outcome.content_events = source.content_events
+        outcome.usage = source.usage
+        if (
+            source.done
+            and self.error is None
+            and source.termination is not Termination.COMPLETED
+            and outcome.termination is Termination.COMPLETED
+        ):
+            outcome.termination = source.termination  # the upstream's own error event
+        if self.paused:
+            self.paused = False
+            source.resume()
+        source.detach(self)
+
+    # -- Sink: called from the source -------------------------------------------------------------
+
+    def deliver(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
+        if usage_only and self.strip_usage:
+            return
+        self._write(framed)
+
+    def keepalive(self) -> None:
+        self._write(KEEPALIVE_COMMENT)
+
+    def finish(self, error: GatewayError | None) -> None:
+        self.ended = True
+        if error is not None:
+            self.error = error
+        self._wake()
+
+    def _write(self, data: bytes) -> None:
+        if self.gone:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.gone = True
+            self.outcome.termination = Termination.CLIENT_DISCONNECT
+            self._wake()
+            return
+        if self.chunked:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+        if not self.paused and transport.get_write_buffer_size() > HIGH_WATER:
+            self.paused = True
+            if self.source is not None:
+                self.source.pause()
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

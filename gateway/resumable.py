@@ -24,17 +24,11 @@ import redis.asyncio as aioredis
 
 from gateway import metrics
 from gateway.background import mark_retrieved
-from gateway.config import Deployment, StreamSettings
-from gateway.errors import (
-    GatewayError,
-    UpstreamError,
-    UpstreamProtocolError,
-    UpstreamTimeout,
-)
-from gateway.relay import OpenedUpstream, StreamOutcome, Termination
-from gateway.sse import DONE, EventTooLarge, SSEParser
+from gateway.config import StreamSettings
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.source import EventSource
 from gateway.store.redis import REDIS_ERRORS
-from gateway.upstream import UpstreamResponse
+from gateway.stream import OpenedUpstream, StreamOutcome, Termination
 
 log = logging.getLogger("gateway.resumable")
 
@@ -196,7 +190,7 @@ class RedisLogs:
 
 
 class ResumableStream:
-    """The producer of one stream: reads the upstream into its event log."""
+    """The producer of one stream: a sink of its event source that appends to the event log."""
 
     def __init__(
         self,
@@ -217,9 +211,14 @@ class ResumableStream:
         self.opened.add_done_callback(mark_retrieved)
         self.done: asyncio.Future[None] = loop.create_future()
         self.task: asyncio.Task[None] | None = None
+        self.source: EventSource | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.cancel_reason = CANCELLED
         self._mirror_ok = mirror is not None
+        self._pending: list[tuple[int, bytes]] = []  # events not yet mirrored to Redis
+        self._ended = False
+        self._end_error: GatewayError | None = None
+        self._changed = asyncio.Event()  # something to mirror, or the end
         self._loop = loop
 
     def start(self, opening: Awaitable[OpenedUpstream]) -> None:
@@ -231,30 +230,61 @@ class ResumableStream:
             self.cancel_reason = reason
             self.task.cancel()
 
+    # -- Sink -------------------------------------------------------------------------------------
+
+    def deliver(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
+        if usage_only and self.strip_usage:
+            return
+        for data in payloads:
+            self._pending.append(self.log.append(data))
+        if len(self._pending) > self.log.max_events and self._mirror_ok:
+            self._mirror_failed(RuntimeError("the Redis mirror fell too far behind"))
+        self._changed.set()
+
+    def keepalive(self) -> None:
+        return None  # readers send their own
+
+    def finish(self, error: GatewayError | None) -> None:
+        self._ended, self._end_error = True, error
+        self._changed.set()
+
+    # -- the producer task ------------------------------------------------------------------------
+
     async def _run(self, opening: Awaitable[OpenedUpstream]) -> None:
-        response: UpstreamResponse | None = None
-        clean = False
+        source: EventSource | None = None
         try:
             if self.mirror is not None:
                 await self._mirror(self.mirror.create(self.log.stream_id, self.log.owner))
             opened = await opening
-            response = opened.response
+            source = self.source = opened.source
+            assert source is not None
             self.outcome.deployment = opened.deployment.name
-            clean = await self._pump(response, opened.deployment)
+            self.outcome.first_event_at = self._loop.time()
+            source.attach(self)
+            self.opened.set_result(None)
+            error = await self._follow()
+            self._record(source)
+            if error is not None:
+                self.outcome.error = error
+                self.outcome.termination = (
+                    Termination.TIMEOUT
+                    if isinstance(error, UpstreamTimeout)
+                    else Termination.UPSTREAM_ERROR
+                )
+                self._emit(error.to_json())
+            elif source.termination is not Termination.COMPLETED:
+                self.outcome.termination = source.termination
         except asyncio.CancelledError:
             self.outcome.termination = Termination.CLIENT_DISCONNECT
-            await self._emit([self.cancel_reason])
+            if source is not None:
+                self._record(source)
+            self._emit(self.cancel_reason)
         except GatewayError as exc:
             if not self.opened.done():
                 self.opened.set_exception(exc)  # before any event: a real HTTP error
             else:
-                self.outcome.error = exc
-                self.outcome.termination = (
-                    Termination.TIMEOUT
-                    if isinstance(exc, UpstreamTimeout)
-                    else Termination.UPSTREAM_ERROR
-                )
-                await self._emit([exc.to_json()])
+                self.outcome.error, self.outcome.termination = exc, Termination.UPSTREAM_ERROR
+                self._emit(exc.to_json())
         except Exception as exc:  # never let a producer die silently
             log.exception("resumable stream failed", extra={"stream_id": self.log.stream_id})
             error = UpstreamError(f"The stream failed: {type(exc).__name__}.")
@@ -262,68 +292,40 @@ class ResumableStream:
             if not self.opened.done():
                 self.opened.set_exception(error)
             else:
-                await self._emit([error.to_json()])
+                self._emit(error.to_json())
         finally:
-            if response is not None:
-                response.close(complete=clean)
+            if source is not None:
+                source.detach(self)
             self.log.finish()
             if self.mirror is not None and self._mirror_ok:
+                await self._flush_mirror()
                 await self._mirror(self.mirror.finish(self.log.stream_id, self.log.next_seq))
             if not self.opened.done():
                 self.opened.set_result(None)
             self.done.set_result(None)
 
-    async def _pump(self, upstream: UpstreamResponse, deployment: Deployment) -> bool:
-        if not upstream.content_type.startswith("text/event-stream"):
-            raise UpstreamProtocolError("The upstream answered without an event stream.")
-        parser = SSEParser()
-        timeouts = deployment.timeouts
+    async def _follow(self) -> GatewayError | None:
+        """Mirror what arrives (one pipeline per batch) until the source finishes."""
         while True:
-            limit = timeouts.first_byte if self.outcome.events == 0 else timeouts.idle
-            try:
-                async with asyncio.timeout(limit):
-                    chunk = await upstream.read_chunk()
-            except TimeoutError:
-                raise UpstreamTimeout(
-                    f"Deployment {deployment.name!r} sent nothing for {limit:g} s."
-                ) from None
-            if not chunk:
-                raise UpstreamProtocolError("The upstream ended the stream before [DONE].")
-            try:
-                events = parser.feed(chunk)
-                while more := upstream.read_buffered():
-                    events.extend(parser.feed(more))
-            except EventTooLarge as exc:
-                raise UpstreamProtocolError(
-                    f"The upstream sent an oversized event: {exc}"
-                ) from None
-            batch: list[bytes] = []
-            finished = False
-            for event in events:
-                data = event.data
-                if data == DONE:
-                    batch.append(DONE)
-                    finished = True
-                    break
-                if not self.outcome.observe(data, self.strip_usage):
-                    continue
-                batch.append(data)
-                if data.startswith(b'{"error"'):
-                    self.outcome.termination = Termination.UPSTREAM_ERROR
-                    finished = True
-                    break
-            if batch:
-                if self.outcome.first_event_at is None:
-                    self.outcome.first_event_at = self._loop.time()
-                await self._emit(batch)
-            if finished:
-                return data == DONE
+            if self._pending and self.mirror is not None and self._mirror_ok:
+                await self._flush_mirror()
+                continue
+            if self._ended:
+                return self._end_error
+            self._changed.clear()
+            await self._changed.wait()
 
-    async def _emit(self, batch: list[bytes]) -> None:
-        items = [self.log.append(data) for data in batch]
-        if not self.opened.done():
-            self.opened.set_result(None)
-        if self.mirror is not None and self._mirror_ok:
+    def _record(self, source: EventSource) -> None:
+        self.outcome.events = source.events
+        self.outcome.content_events = source.content_events
+        self.outcome.usage = source.usage
+
+    def _emit(self, data: bytes) -> None:
+        self._pending.append(self.log.append(data))
+
+    async def _flush_mirror(self) -> None:
+        items, self._pending = self._pending, []
+        if items and self.mirror is not None and self._mirror_ok:
             await self._mirror(self.mirror.append(self.log.stream_id, items))
 
     async def _mirror(self, call: Awaitable[object]) -> None:
@@ -331,12 +333,16 @@ class ResumableStream:
         try:
             await call
         except REDIS_ERRORS as exc:
-            self._mirror_ok = False
-            metrics.RESUME_MIRROR_FAILURES.inc()
-            log.warning(
-                "stream no longer mirrored to Redis",
-                extra={"stream_id": self.log.stream_id, "error": repr(exc)},
-            )
+            self._mirror_failed(exc)
+
+    def _mirror_failed(self, exc: BaseException) -> None:
+        self._mirror_ok = False
+        self._pending = []
+        metrics.RESUME_MIRROR_FAILURES.inc()
+        log.warning(
+            "stream no longer mirrored to Redis",
+            extra={"stream_id": self.log.stream_id, "error": repr(exc)},
+        )
 
     async def _watch(self) -> None:
         """Cancel the upstream once nobody has read the stream for the grace period, or when a

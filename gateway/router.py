@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway import metrics
 from gateway.breaker import BreakerState, CircuitBreaker
@@ -25,11 +25,14 @@ from gateway.errors import (
     GatewayError,
     ServiceUnavailable,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from gateway.upstream import UpstreamResponse, Upstreams
+from gateway.source import EventSource
+from gateway.stream import UpstreamResponse
+from gateway.upstream import Upstreams
 
 LATENCY_WEIGHT = 0.2  # of each new sample in the moving average of time to first byte
 
@@ -90,16 +93,19 @@ class Attempt:
 
 @dataclass(slots=True)
 class Opened:
-    """A response that arrived, and where it came from."""
+    """An answer that arrived, and where it came from: a stream whose first event is in, or a
+    whole body."""
 
-    response: UpstreamResponse
     deployment: Deployment
     route: ModelRoute
+    source: EventSource | None = None
+    status: int = 200
+    body: bytes = b""
     attempts: int = 1
-    failures: list[str] = field(default_factory=list)
 
 
 BodyFor = Callable[[ModelRoute], bytes]
+MakeSource = Callable[[UpstreamResponse, Deployment], EventSource]
 
 
 class Router:
@@ -156,19 +162,46 @@ class Router:
 
     # -- opening ----------------------------------------------------------------------------------
 
-    async def open(self, route: ModelRoute, path: str, body_for: BodyFor) -> Opened:
-        """Send the request along the plan until a deployment answers; raise the last failure."""
+    async def open(
+        self,
+        route: ModelRoute,
+        path: str,
+        body_for: BodyFor,
+        *,
+        make_source: MakeSource | None = None,
+        body_limit: int = 32 * 1024 * 1024,
+    ) -> Opened:
+        """Send the request along the plan until a deployment answers; raise the last failure.
+
+        With ``make_source`` (a streaming request) an attempt succeeds only once the stream's
+        first event arrived: a stream that breaks, stalls or sends garbage before it is retried
+        like a refused connection. Without it, once the whole body arrived. ``routing.max_time``
+        bounds the whole sequence, the running attempt included.
+        """
         self._active += 1
         try:
-            return await self._walk(route, path, body_for)
+            async with asyncio.timeout(self._retry.max_time):
+                return await self._walk(route, path, body_for, make_source, body_limit)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"No deployment of '{route.name}' answered within "
+                f"routing.retries.max_time ({self._retry.max_time:g} s)."
+            ) from None
         finally:
             self._active -= 1
 
-    async def _walk(self, route: ModelRoute, path: str, body_for: BodyFor) -> Opened:
+    async def _walk(
+        self,
+        route: ModelRoute,
+        path: str,
+        body_for: BodyFor,
+        make_source: MakeSource | None,
+        body_limit: int,
+    ) -> Opened:
         deadline = self._clock() + self._retry.max_time
-        failures: list[str] = []
         last: GatewayError | None = None
         sent = 0
+        counted: set[str] = set()  # deployments this request already counted a failure against
         plan = self.plan(route)
         turn = skipped = 0  # the plan is walked round again while attempts remain
         while sent < self._retry.attempts and skipped < len(plan) and self._clock() < deadline:
@@ -200,22 +233,21 @@ class Router:
                 metrics.UPSTREAM_RETRIES.labels(health.deployment.name, _reason(last)).inc()
             sent += 1
             started = self._clock()
+            name = health.deployment.name
             try:
-                response = await self._upstreams.send(
-                    health.deployment, path, body_for(attempt.route), api_key=key or None
-                )
+                opened = await self._attempt(attempt, path, body_for, key, make_source, body_limit)
             except UpstreamStatusError as exc:
                 if exc.upstream_status not in self._retry.statuses:
-                    health.breaker.success()  # the upstream is fine; the request is not
+                    health.breaker.release()  # the request is at fault, not the deployment
                     raise
                 if exc.upstream_status == 429:
                     health.breaker.release()
                     health.keys.rest(key, _retry_after(exc) or self._config.routing.key_cooldown)
                 else:
-                    health.breaker.failure()
+                    self._failed(health, counted)
                 last = exc
-            except (UpstreamUnreachable, UpstreamTimeout) as exc:
-                health.breaker.failure()
+            except (UpstreamUnreachable, UpstreamTimeout, UpstreamProtocolError) as exc:
+                self._failed(health, counted)
                 last = exc
             except ServiceUnavailable as exc:
                 # The deployment is at its own concurrency limit: nothing was sent, so this is
@@ -233,13 +265,65 @@ class Router:
                 health.observe(self._clock() - started)
                 if attempt.route is not route:
                     metrics.FALLBACKS.labels(route.name, attempt.route.name).inc()
-                return Opened(response, health.deployment, attempt.route, sent, failures)
-            reason = _reason(last)
-            failures.append(f"{health.deployment.name}: {reason}")
-            metrics.UPSTREAM_ERRORS.labels(health.deployment.name, reason).inc()
+                opened.attempts = sent
+                return opened
+            metrics.UPSTREAM_ERRORS.labels(name, _reason(last)).inc()
         if last is not None:
             raise last
         raise self._all_unavailable(route)
+
+    async def _attempt(
+        self,
+        attempt: Attempt,
+        path: str,
+        body_for: BodyFor,
+        key: str,
+        make_source: MakeSource | None,
+        body_limit: int,
+    ) -> Opened:
+        """One try: the answer's headers, then its first event (a stream) or its body."""
+        deployment = attempt.health.deployment
+        response = await self._upstreams.send(
+            deployment, path, body_for(attempt.route), api_key=key or None
+        )
+        if make_source is not None:
+            source = make_source(response, deployment)
+            source.start()
+            try:
+                await asyncio.shield(source.first)
+            except BaseException:
+                source.close()
+                raise
+            return Opened(deployment, attempt.route, source=source)
+        try:
+            async with asyncio.timeout(deployment.timeouts.idle):
+                body = await response.read_body(body_limit)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"Deployment {deployment.name!r} did not send its answer within "
+                f"{deployment.timeouts.idle:g} s."
+            ) from None
+        finally:
+            response.close()
+        return Opened(deployment, attempt.route, status=response.status, body=body)
+
+    def _failed(self, health: DeploymentHealth, counted: set[str]) -> None:
+        """A deployment failed this request: its breaker counts it once per request, and never
+        ejects a lone deployment (one that is the only deployment of every route it serves)."""
+        name = health.deployment.name
+        if name in counted:
+            health.breaker.release()
+            return
+        counted.add(name)
+        health.breaker.failure(may_open=self._may_eject(name))
+
+    def _may_eject(self, name: str) -> bool:
+        """Whether some route has somewhere else to send the deployment's traffic."""
+        return any(
+            len(route.deployments) > 1
+            for route in self._config.models.values()
+            if name in route.deployments
+        )
 
     def _may_retry(self) -> bool:
         """The retry budget: retries in flight stay under a share of the active requests."""

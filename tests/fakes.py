@@ -1,4 +1,4 @@
-"""Hand-written fakes for the seams in gateway.upstream (no mocks)."""
+"""Hand-written fakes for the seams in gateway.upstream and the store (no mocks)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from gateway.config import Deployment
 from gateway.errors import GatewayError
 from gateway.store.base import StoreUnavailable, UsageDelta
+from gateway.stream import BodyConsumer
 
 
 @dataclass
@@ -21,40 +22,47 @@ class Step:
 
 
 class ScriptedResponse:
-    """An UpstreamResponse that plays a script of chunks."""
+    """An UpstreamResponse that plays a script of chunks to its consumer, as a socket would."""
 
     def __init__(self, steps: Sequence[Step], content_type: str) -> None:
         self.status = 200
         self.content_type = content_type
         self._steps = list(steps)
         self.closed = False
-        self.reads = 0
-        self._ready_at: float | None = None
+        self.paused = False
+        self._task: asyncio.Task[None] | None = None
 
-    async def read_chunk(self) -> bytes:
-        self.reads += 1
-        if not self._steps:
-            return b""
-        # Like a socket read, a cancelled read loses nothing and does not restart the wait.
-        step = self._steps[0]
-        loop = asyncio.get_running_loop()
-        if self._ready_at is None:
-            self._ready_at = loop.time() + step.delay
-        await asyncio.sleep(max(0.0, self._ready_at - loop.time()))
-        self._steps.pop(0)
-        self._ready_at = None
-        if step.error is not None:
-            raise step.error
-        return step.data
+    def stream_to(self, consumer: BodyConsumer) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._play(consumer))
 
-    def read_buffered(self) -> bytes:
-        return b""
+    async def _play(self, consumer: BodyConsumer) -> None:
+        while self._steps:
+            step = self._steps.pop(0)
+            await asyncio.sleep(step.delay)
+            while self.paused:
+                await asyncio.sleep(0.005)
+            if self.closed:
+                return
+            if step.error is not None:
+                consumer.end(step.error)
+                return
+            consumer.body(step.data)
+        if not self.closed:
+            consumer.end(None)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
 
     async def read_body(self, limit: int) -> bytes:
         return b"".join(step.data for step in self._steps)
 
     def close(self, *, complete: bool = False) -> None:
         self.closed = True
+        if self._task is not None:
+            self._task.cancel()
 
 
 @dataclass

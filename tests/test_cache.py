@@ -1,4 +1,4 @@
-"""Cache keys, entry conversions, the bounded memory backend and flights, without a server."""
+"""Cache keys, entry conversions, the bounded memory backend and shared streams, no server."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from gateway.cache.entry import (
     completion_to_stream,
     stream_is_complete,
 )
-from gateway.cache.flight import Flight
 from gateway.cache.policy import decide
 from gateway.config import CacheSettings, Deployment
-from gateway.errors import InvalidRequest, UpstreamUnreachable
+from gateway.errors import GatewayError, InvalidRequest, UpstreamUnreachable
 from gateway.openai import Endpoint, parse_request
+from gateway.source import EventSource
 from gateway.sse import SSEParser
+from gateway.stream import BodyConsumer
 
 SETTINGS = CacheSettings()
 
@@ -136,23 +137,23 @@ async def test_memory_backend_is_bounded_lru() -> None:
 
 
 class Chunks:
-    """An upstream response that yields chunks as the test releases them."""
+    """An upstream response whose body the test pushes to its consumer."""
 
     status = 200
     content_type = "text/event-stream"
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes | Exception] = asyncio.Queue()
+        self.consumer: BodyConsumer | None = None
         self.closed_complete: bool | None = None
 
-    async def read_chunk(self) -> bytes:
-        item = await self.queue.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
+    def stream_to(self, consumer: BodyConsumer) -> None:
+        self.consumer = consumer
 
-    def read_buffered(self) -> bytes:
-        return b""
+    def pause(self) -> None:
+        return None
+
+    def resume(self) -> None:
+        return None
 
     async def read_body(self, limit: int) -> bytes:
         return b""
@@ -160,65 +161,82 @@ class Chunks:
     def close(self, *, complete: bool = False) -> None:
         self.closed_complete = complete
 
+    def send(self, data: bytes) -> None:
+        assert self.consumer is not None
+        self.consumer.body(data)
 
-class Opened:
-    def __init__(self, response: Chunks) -> None:
-        self.response = response
-        self.deployment = Deployment(name="d", base_url="http://d/v1")
-
-
-async def start_flight(upstream: Chunks) -> tuple[Flight, list[Flight]]:
-    finished: list[Flight] = []
-
-    async def opening() -> Opened:
-        return Opened(upstream)
-
-    flight = Flight("k", max_bytes=1000)
-    flight.start(opening(), stream=True, body_limit=10_000, on_done=finished.append)
-    return flight, finished
+    def fail(self, error: GatewayError) -> None:
+        assert self.consumer is not None
+        self.consumer.end(error)
 
 
-async def test_a_late_reader_gets_everything_then_follows_live() -> None:
+class Collected:
+    """A sink that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.ended = False
+        self.error: GatewayError | None = None
+
+    def deliver(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
+        self.data += framed
+
+    def keepalive(self) -> None:
+        return None
+
+    def finish(self, error: GatewayError | None) -> None:
+        self.ended, self.error = True, error
+
+
+async def recorded_source(upstream: Chunks) -> EventSource:
+    source = EventSource(
+        upstream, Deployment(name="d", base_url="http://d/v1"), keepalive=30, record_limit=1000
+    )
+    source.start()
+    return source
+
+
+async def test_a_late_sink_gets_everything_then_follows_live() -> None:
+    """A coalesced client that joins late gets the recording first, then the live events."""
     upstream = Chunks()
-    flight, finished = await start_flight(upstream)
-    first = flight.attach()
-    await first.opening()
-    upstream.queue.put_nowait(b"data: 1\n\n")
-    assert await first.read_chunk() == b"data: 1\n\n"
-    late = flight.attach()
-    await late.opening()
-    assert await late.read_chunk() == b"data: 1\n\n"  # what was relayed so far
-    upstream.queue.put_nowait(b"data: [DONE]\n\n")
-    assert await late.read_chunk() == b"data: [DONE]\n\n"
-    assert await first.read_chunk() == b"data: [DONE]\n\n"
-    await asyncio.sleep(0)
-    assert finished == [flight] and flight.clean and upstream.closed_complete
+    source = await recorded_source(upstream)
+    first = Collected()
+    source.attach(first)
+    upstream.send(b"data: 1\n\n")
+    late = Collected()
+    source.attach(late)
+    assert late.data == b"data: 1\n\n"  # what was relayed so far
+    upstream.send(b"data: [DONE]\n\n")
+    assert first.data == late.data == b"data: 1\n\ndata: [DONE]\n\n"
+    assert first.ended and late.ended and late.error is None
+    assert source.clean and upstream.closed_complete
+    assert source.recording_bytes()[0] == first.data
 
 
-async def test_the_last_reader_leaving_cancels_the_upstream() -> None:
+async def test_the_last_sink_leaving_cancels_the_upstream() -> None:
+    """The upstream goes on while any client remains and is aborted when the last one leaves."""
     upstream = Chunks()
-    flight, finished = await start_flight(upstream)
-    readers = [flight.attach(), flight.attach()]
-    for reader in readers:
-        await reader.opening()
-    readers[0].close()
-    await asyncio.sleep(0.01)
-    assert not flight.done  # one reader remains
-    readers[1].close()
-    await asyncio.sleep(0.01)
-    assert flight.done and not flight.clean and upstream.closed_complete is False
-    assert finished == [flight]
+    source = await recorded_source(upstream)
+    sinks = [Collected(), Collected()]
+    for sink in sinks:
+        source.attach(sink)
+    upstream.send(b"data: 1\n\n")
+    source.detach(sinks[0])
+    assert not source.done  # one client remains
+    source.detach(sinks[1])
+    assert source.done and not source.clean and upstream.closed_complete is False
 
 
-async def test_an_upstream_failure_reaches_every_reader() -> None:
+async def test_an_upstream_failure_reaches_every_sink() -> None:
+    """Every client of a shared stream sees the same failure after the same events."""
     upstream = Chunks()
-    flight, _ = await start_flight(upstream)
-    readers = [flight.attach() for _ in range(3)]
-    for reader in readers:
-        await reader.opening()
-    upstream.queue.put_nowait(b"data: 1\n\n")
-    upstream.queue.put_nowait(UpstreamUnreachable("gone"))
-    for reader in readers:
-        assert await reader.read_chunk() == b"data: 1\n\n"
-        with pytest.raises(UpstreamUnreachable):
-            await reader.read_chunk()
+    source = await recorded_source(upstream)
+    sinks = [Collected() for _ in range(3)]
+    for sink in sinks:
+        source.attach(sink)
+    upstream.send(b"data: 1\n\n")
+    upstream.fail(UpstreamUnreachable("gone"))
+    for sink in sinks:
+        assert sink.data == b"data: 1\n\n"
+        assert isinstance(sink.error, UpstreamUnreachable)
+    assert not source.clean

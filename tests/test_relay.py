@@ -61,11 +61,13 @@ async def test_nothing_is_read_after_done(client: Client, upstreams: FakeUpstrea
 async def test_failure_before_first_event_is_a_real_status(
     client: Client, upstreams: FakeUpstreams
 ) -> None:
-    """An upstream that breaks before its first event becomes an HTTP error, not a stream."""
-    upstreams.script(Step(b": hello\n\n"), Step(error=UpstreamProtocolError("boom")))
+    """An upstream that breaks before its first event is retried, then an HTTP error."""
+    for _ in range(3):  # routing.retries.attempts
+        upstreams.script(Step(b": hello\n\n"), Step(error=UpstreamProtocolError("boom")))
     status, raw = await post(client)
     assert status == 502
     assert b'"upstream_protocol_error"' in raw
+    assert len(upstreams.sent) == 3 and not upstreams.responses
 
 
 async def test_failure_after_first_event_ends_with_error_event(
@@ -108,6 +110,8 @@ async def test_streaming_request_answered_with_json_is_rejected(
     client: Client, upstreams: FakeUpstreams
 ) -> None:
     """An upstream that ignores stream=true is a protocol error, not a silent JSON passthrough."""
-    upstreams.script(Step(b"{}"), content_type="application/json")
+    for _ in range(3):
+        upstreams.script(Step(b"{}"), content_type="application/json")
     status, _ = await post(client)
     assert status == 502
+    assert len(upstreams.sent) == 3

@@ -55,7 +55,20 @@ class ScriptedUpstreams:
             raise self.down[deployment.name]
         if self.failing[deployment.name]:
             raise self.failing[deployment.name].pop(0)
-        return deployment.name
+        return Answered()
+
+
+class Answered:
+    """A JSON answer that arrived whole."""
+
+    status = 200
+    content_type = "application/json"
+
+    async def read_body(self, limit: int) -> bytes:
+        return b"{}"
+
+    def close(self, *, complete: bool = False) -> None:
+        return None
 
 
 def config(**routing: Any) -> Config:
@@ -157,19 +170,59 @@ async def test_attempts_are_bounded() -> None:
 
 
 async def test_all_breakers_open_fails_fast_with_retry_after() -> None:
+    """Once failing requests opened the only breaker, the answer is a 503 with no upstream call."""
     cfg = config()
     upstreams = ScriptedUpstreams()
     upstreams.down["a"] = UpstreamUnreachable("refused")
     router = make_router(cfg, upstreams)
-    with pytest.raises(UpstreamUnreachable):  # three attempts on a, the only deployment
-        await router.open(route(cfg, "a-only"), "/x", body_for)
+    for _ in range(3):  # breaker.failures: each request counts once, whatever its attempts
+        with pytest.raises(UpstreamUnreachable):
+            await router.open(route(cfg, "a-only"), "/x", body_for)
     sent = len(upstreams.sent)
-    assert sent == 3
+    assert sent == 7  # 3 + 3 + 1: the third request's first failure opened the breaker
     with pytest.raises(ServiceUnavailable) as caught:
         await router.open(route(cfg, "a-only"), "/x", body_for)
     assert len(upstreams.sent) == sent  # no upstream call
     assert 29 <= int(caught.value.headers["Retry-After"]) <= 30
     assert router.describe()["a"]["state"] == "open"  # type: ignore[index]
+
+
+async def test_one_request_counts_once_against_a_breaker() -> None:
+    """Two requests that fail on every attempt count two failures, not six (breaker at 3)."""
+    cfg = config()
+    upstreams = ScriptedUpstreams()
+    upstreams.down["a"] = UpstreamUnreachable("refused")
+    router = make_router(cfg, upstreams)
+    for _ in range(2):
+        with pytest.raises(UpstreamUnreachable):
+            await router.open(route(cfg, "a-only"), "/x", body_for)
+    assert router.describe()["a"]["state"] == "closed"  # type: ignore[index]
+
+
+async def test_a_lone_deployment_is_never_ejected() -> None:
+    """A deployment that is the only one of its routes keeps taking requests however it fails."""
+    cfg = config()
+    upstreams = ScriptedUpstreams()
+    upstreams.down["c"] = UpstreamUnreachable("refused")
+    router = make_router(cfg, upstreams)
+    for _ in range(5):
+        with pytest.raises(UpstreamUnreachable):
+            await router.open(route(cfg, "other"), "/x", body_for)
+    assert router.describe()["c"]["state"] == "closed"  # type: ignore[index]
+    assert len(upstreams.sent) == 15  # every request still reached it
+
+
+async def test_a_request_the_upstream_rejects_never_feeds_the_breaker() -> None:
+    """An upstream 400 is the request's fault: not retried, and the breaker does not count it."""
+    cfg = config()
+    upstreams = ScriptedUpstreams()
+    upstreams.down["a"] = server_error(400)
+    router = make_router(cfg, upstreams)
+    for _ in range(5):
+        with pytest.raises(UpstreamStatusError):
+            await router.open(route(cfg, "a-only"), "/x", body_for)
+    assert len(upstreams.sent) == 5
+    assert router.describe()["a"]["state"] == "closed"  # type: ignore[index]
 
 
 async def test_a_key_answered_429_rests_for_its_retry_after() -> None:

@@ -1,11 +1,14 @@
-"""A request in flight that identical requests can join, and the recording the cache stores.
+"""A request in flight that identical requests can join, and the replay of a recorded answer.
 
-A *flight* reads one upstream response in a task of its own and keeps what arrived (bounded). Every
-client of it, the first one included, reads through a :class:`FlightReader`, which looks like an
-upstream response to the relay: the relay code is the same whether it serves the upstream itself,
-a coalesced request or a cache hit. A reader that joins late starts from the first chunk and then
-follows live. When the last reader leaves, the upstream request is cancelled; while any remains,
-it goes on. An upstream failure reaches every reader as the same error, at the same place.
+A *flight* runs one router request in a task of its own. For a stream the router's answer is an
+event source that records what it frames (bounded by ``max_object_bytes``); every client of the
+flight, the first one included, is a sink of that one source, and one that joins late gets the
+recording first, then follows live. When the last client leaves, the source has no sink and
+cancels the upstream; while any remains, it goes on. An upstream failure reaches every client as the
+same error, at the same place. When the source ends cleanly the recording is the cache entry.
+
+A cache hit is an event source too, over a :class:`RecordedResponse` that plays the stored bytes at
+once or at their recorded pace: the relay cannot tell it from an upstream.
 """
 
 from __future__ import annotations
@@ -16,274 +19,93 @@ from dataclasses import dataclass
 
 from gateway.background import mark_retrieved
 from gateway.config import Deployment
-from gateway.errors import GatewayError, UpstreamError, UpstreamProtocolError
-from gateway.relay import OpenedUpstream
-
-DONE_TAIL = b"data: [DONE]\n\n"
-
-
-@dataclass(frozen=True, slots=True)
-class FlightMeta:
-    """What the upstream answered with (or what the cache recorded)."""
-
-    status: int
-    content_type: str
-    deployment: Deployment
+from gateway.errors import GatewayError, UpstreamError
+from gateway.source import EventSource
+from gateway.stream import BodyConsumer, OpenedUpstream
 
 
 @dataclass(slots=True)
-class OpenedReader:
-    """The relay's view of a joined flight: a response and the deployment behind it."""
+class Answer:
+    """An OpenedUpstream that is not the router's: a cache hit, or a flight's answer."""
 
-    response: FlightReader
     deployment: Deployment
+    source: EventSource | None = None
+    status: int = 200
+    body: bytes = b""
 
 
 class Flight:
-    """One upstream response shared by every reader that joined it."""
+    """One upstream request shared by every client that joined it."""
 
-    def __init__(self, key: str, *, max_bytes: int) -> None:
+    def __init__(self, key: str) -> None:
         loop = asyncio.get_running_loop()
         self.key = key
-        self.chunks: list[bytes] = []
-        self.offsets: list[float] = []  # seconds from the first chunk, per chunk
-        self.base = 0  # index of chunks[0]: chunks every reader has read are dropped once the
-        # flight is over max_bytes (no longer cacheable nor joinable)
-        self.size = 0
-        self.max_bytes = max_bytes
-        self.opened: asyncio.Future[FlightMeta] = loop.create_future()
+        self.opened: asyncio.Future[OpenedUpstream] = loop.create_future()
         self.opened.add_done_callback(mark_retrieved)
-        self.error: BaseException | None = None
-        self.done = False
-        self.clean = False  # read to its end without an error
-        self.readers: list[FlightReader] = []
         self.task: asyncio.Task[None] | None = None
+        self.waiting = 0  # clients waiting for the answer
+        self.failed = False
         self._loop = loop
-        self._first_at: float | None = None
-        self._changed = asyncio.Event()
-        self._consumed = asyncio.Event()
-
-    @property
-    def recorded(self) -> bool:
-        """Everything arrived is still held (under ``max_bytes``): cacheable and joinable."""
-        return self.size <= self.max_bytes
 
     @property
     def joinable(self) -> bool:
-        return not self.done and self.recorded and self.error is None
+        """Not failed, and (once answered) a stream still recorded from its start."""
+        if self.failed:
+            return False
+        if not self.opened.done():
+            return True
+        source = self.opened.result().source
+        return source is not None and source.recorded and not source.done
 
-    # -- producing --------------------------------------------------------------------------------
+    @property
+    def clean(self) -> bool:
+        """A JSON answer that arrived with status 200 (a stream says so itself)."""
+        if not self.opened.done() or self.opened.exception() is not None:
+            return False
+        opened = self.opened.result()
+        return opened.source.clean if opened.source is not None else opened.status == 200
 
     def start(
         self,
         opening: Awaitable[OpenedUpstream],
-        *,
-        stream: bool,
-        body_limit: int,
         on_done: Callable[[Flight], None],
     ) -> None:
-        """Read the upstream in a task of the flight's own."""
-        self.task = self._loop.create_task(self._produce(opening, stream, body_limit, on_done))
+        """Run the router's request in a task of the flight's own."""
+        self.task = self._loop.create_task(self._open(opening, on_done))
 
-    @classmethod
-    def replay(
-        cls, key: str, chunks: list[bytes], offsets: list[float], meta: FlightMeta
-    ) -> Flight:
-        """A finished flight over recorded chunks (a cache hit)."""
-        flight = cls(key, max_bytes=sum(map(len, chunks)))
-        flight.chunks, flight.offsets = chunks, offsets
-        flight.size = flight.max_bytes
-        flight.opened.set_result(meta)
-        flight.done = flight.clean = True
-        return flight
-
-    async def _produce(
-        self,
-        opening: Awaitable[OpenedUpstream],
-        stream: bool,
-        body_limit: int,
-        on_done: Callable[[Flight], None],
+    async def _open(
+        self, opening: Awaitable[OpenedUpstream], on_done: Callable[[Flight], None]
     ) -> None:
         try:
             opened = await opening
         except BaseException as exc:
-            self.error = exc
-            if not self.opened.done():
-                self.opened.set_exception(
-                    exc
-                    if isinstance(exc, Exception)
-                    else UpstreamError("The request was cancelled.")
-                )
-            self._finish(on_done)
-            raise
-        response = opened.response
-        self.opened.set_result(
-            FlightMeta(response.status, response.content_type, opened.deployment)
-        )
+            self.failed = True
+            self.opened.set_exception(
+                exc if isinstance(exc, Exception) else UpstreamError("The request was cancelled.")
+            )
+            on_done(self)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.opened.set_result(opened)
+        source = opened.source
+        if source is None:
+            on_done(self)
+        else:
+            source.watch(lambda _: on_done(self))
+
+    async def join(self) -> OpenedUpstream:
+        """Wait for the flight's answer; a client that leaves meanwhile leaves only itself,
+        and the last one to leave cancels the request."""
+        self.waiting += 1
         try:
-            if stream:
-                while True:
-                    await self._backpressure()
-                    chunk = await response.read_chunk()
-                    if not chunk:
-                        break
-                    self._append(chunk)
-                    while more := response.read_buffered():
-                        self._append(more)
-                        chunk = more
-                    if chunk.endswith(DONE_TAIL):
-                        break  # finished: store it now rather than at the transport's end
-            else:
-                async with asyncio.timeout(opened.deployment.timeouts.idle):
-                    self._append(await response.read_body(body_limit))
-            self.clean = True
+            return await asyncio.shield(self.opened)
         except asyncio.CancelledError:
-            self.error = UpstreamError("Every client of this request left.")
+            if self.waiting == 1 and self.task is not None and not self.opened.done():
+                self.task.cancel()
             raise
-        except TimeoutError:
-            self.error = UpstreamProtocolError("The upstream answer did not arrive in time.")
-        except Exception as exc:
-            self.error = exc
         finally:
-            response.close(complete=self.clean)
-            self._finish(on_done)
-
-    def _append(self, chunk: bytes) -> None:
-        now = self._loop.time()
-        if self._first_at is None:
-            self._first_at = now
-        self.chunks.append(chunk)
-        self.offsets.append(now - self._first_at)
-        self.size += len(chunk)
-        if not self.recorded and self.readers:
-            drop = min(r.pos for r in self.readers) - self.base
-            if drop > 0:
-                del self.chunks[:drop], self.offsets[:drop]
-                self.base += drop
-        self._notify()
-
-    async def _backpressure(self) -> None:
-        """Wait while the slowest reader is more than ``max_bytes`` behind (bounded memory)."""
-        while self.readers and self.size - min(r.consumed for r in self.readers) > self.max_bytes:
-            self._consumed.clear()
-            await self._consumed.wait()
-
-    def _finish(self, on_done: Callable[[Flight], None]) -> None:
-        self.done = True
-        self._notify()
-        on_done(self)
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    async def changed(self) -> None:
-        await self._changed.wait()
-
-    # -- reading ----------------------------------------------------------------------------------
-
-    def attach(self, *, paced: bool = False) -> FlightReader:
-        reader = FlightReader(self, paced)
-        self.readers.append(reader)
-        return reader
-
-    def detach(self, reader: FlightReader) -> None:
-        if reader in self.readers:
-            self.readers.remove(reader)
-        self._consumed.set()
-        if not self.readers and not self.done and self.task is not None:
-            self.task.cancel()  # nobody is left to read it: stop the upstream
-
-    def reader_error(self) -> GatewayError:
-        error = self.error
-        if isinstance(error, GatewayError):
-            return error
-        return UpstreamError(f"The upstream request failed: {type(error).__name__}.")
-
-
-class FlightReader:
-    """One client's position in a flight; an UpstreamResponse for the relay."""
-
-    __slots__ = (
-        "_started",
-        "closed",
-        "consumed",
-        "content_type",
-        "flight",
-        "paced",
-        "pos",
-        "status",
-    )
-
-    def __init__(self, flight: Flight, paced: bool) -> None:
-        self.flight = flight
-        self.paced = paced
-        self.pos = 0
-        self.consumed = 0
-        self.closed = False
-        self.status = 200
-        self.content_type = "application/octet-stream"
-        self._started: float | None = None
-
-    async def opening(self) -> OpenedReader:
-        """Wait for the flight's upstream answer (shared, so a cancel here cancels only us)."""
-        try:
-            meta = await asyncio.shield(self.flight.opened)
-        except BaseException:
-            self.close()
-            raise
-        self.status, self.content_type = meta.status, meta.content_type
-        return OpenedReader(self, meta.deployment)
-
-    def _take(self) -> bytes:
-        chunk = self.flight.chunks[self.pos - self.flight.base]
-        self.pos += 1
-        self.consumed += len(chunk)
-        self.flight._consumed.set()
-        return chunk
-
-    async def read_chunk(self) -> bytes:
-        flight = self.flight
-        while True:
-            if self.pos - flight.base < len(flight.chunks):
-                if self.paced:
-                    await self._pace()
-                return self._take()
-            if flight.done:
-                if flight.error is not None:
-                    raise flight.reader_error()
-                return b""
-            await flight.changed()
-
-    async def _pace(self) -> None:
-        loop = asyncio.get_running_loop()
-        offset = self.flight.offsets[self.pos - self.flight.base]
-        if self._started is None:
-            self._started = loop.time() - offset
-        delay = self._started + offset - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-    def read_buffered(self) -> bytes:
-        if self.paced or self.pos - self.flight.base >= len(self.flight.chunks):
-            return b""
-        return self._take()
-
-    async def read_body(self, limit: int) -> bytes:
-        flight = self.flight
-        while not flight.done:
-            await flight.changed()
-        if flight.error is not None:
-            raise flight.reader_error()
-        body = b"".join(flight.chunks)
-        if len(body) > limit:
-            raise UpstreamProtocolError(f"The upstream answer is larger than {limit} bytes.")
-        return body
-
-    def close(self, *, complete: bool = False) -> None:
-        if not self.closed:
-            self.closed = True
-            self.flight.detach(self)
+            self.waiting -= 1
 
 
 class Flights:
@@ -305,3 +127,80 @@ class Flights:
     def remove(self, flight: Flight) -> None:
         if self._live.get(flight.key) is flight:
             del self._live[flight.key]
+
+
+class RecordedResponse:
+    """A stored stream played back as an upstream response: at once, or at its recorded pace."""
+
+    __slots__ = (
+        "_chunks",
+        "_consumer",
+        "_loop",
+        "_next",
+        "_offsets",
+        "_paced",
+        "_paused",
+        "_started",
+        "_timer",
+        "content_type",
+        "status",
+    )
+
+    def __init__(self, chunks: list[bytes], offsets: list[float], *, paced: bool) -> None:
+        self.status = 200
+        self.content_type = "text/event-stream"
+        self._chunks = chunks
+        self._offsets = offsets
+        self._paced = paced
+        self._consumer: BodyConsumer | None = None
+        self._loop = asyncio.get_running_loop()
+        self._next = 0
+        self._paused = False
+        self._started = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def stream_to(self, consumer: BodyConsumer) -> None:
+        self._consumer = consumer
+        self._started = self._loop.time()
+        self._play()
+
+    def _play(self) -> None:
+        self._timer = None
+        while self._consumer is not None and not self._paused:
+            if self._next >= len(self._chunks):
+                consumer, self._consumer = self._consumer, None
+                consumer.end(None)
+                return
+            if self._paced:
+                due = self._started + self._offsets[self._next]
+                if due > self._loop.time():
+                    self._timer = self._loop.call_at(due, self._play)
+                    return
+            chunk = self._chunks[self._next]
+            self._next += 1
+            self._consumer.body(chunk)
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._timer is None:
+                self._play()
+
+    async def read_body(self, limit: int) -> bytes:
+        return b"".join(self._chunks)
+
+    def close(self, *, complete: bool = False) -> None:
+        self._consumer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def failure_of(error: BaseException | None) -> GatewayError:
+    """The error every client of a failed flight sees."""
+    if isinstance(error, GatewayError):
+        return error
+    return UpstreamError(f"The upstream request failed: {type(error).__name__}.")

@@ -15,10 +15,11 @@ from gateway.cache.entry import (
     completion_to_stream,
     stream_is_complete,
 )
-from gateway.cache.flight import Flight, FlightMeta, Flights, OpenedReader
+from gateway.cache.flight import Answer, Flight, Flights, RecordedResponse
 from gateway.cache.policy import CacheDecision
 from gateway.config import CacheSettings, Deployment
-from gateway.relay import OpenedUpstream
+from gateway.source import EventSource
+from gateway.stream import OpenedUpstream
 
 log = logging.getLogger("gateway.cache")
 
@@ -47,14 +48,20 @@ class ResponseCache:
 
     # -- hits -------------------------------------------------------------------------------------
 
-    def replay_stream(self, entry: CacheEntry, *, paced: bool) -> Awaitable[OpenedReader]:
-        """A streaming answer from an entry of either shape."""
+    async def replay_stream(
+        self, entry: CacheEntry, *, paced: bool, keepalive: float
+    ) -> OpenedUpstream:
+        """A streaming answer from an entry of either shape, as an event source."""
         if entry.kind == "stream":
             chunks, offsets = entry.chunks()
         else:
             chunks, offsets = [completion_to_stream(entry.body)], [0.0]
-        meta = FlightMeta(200, SSE, CACHE_DEPLOYMENT)
-        return Flight.replay("hit", chunks, offsets, meta).attach(paced=paced).opening()
+        source = EventSource(
+            RecordedResponse(chunks, offsets, paced=paced), CACHE_DEPLOYMENT, keepalive=keepalive
+        )
+        source.start()
+        await source.first
+        return Answer(CACHE_DEPLOYMENT, source=source)
 
     @staticmethod
     def replay_body(entry: CacheEntry) -> bytes:
@@ -69,46 +76,35 @@ class ResponseCache:
         *,
         stream: bool,
         open_upstream: Callable[[], Awaitable[OpenedUpstream]],
-        body_limit: int,
-    ) -> tuple[OpenedFlight, bool]:
+    ) -> tuple[Flight, bool]:
         """Join the identical request in flight, or start one; True when joined."""
         assert decision.key is not None
         key = f"{decision.key}:{'s' if stream else 'j'}"
         flight = self.flights.joinable(key) if self.settings.coalesce else None
-        joined = flight is not None
-        if flight is None:
-            flight = Flight(key, max_bytes=self.settings.max_object_bytes)
-            if self.settings.coalesce:
-                self.flights.add(flight)
-            flight.start(
-                open_upstream(),
-                stream=stream,
-                body_limit=body_limit,
-                on_done=lambda done: self._finished(done, decision, stream),
-            )
-        else:
+        if flight is not None:
             metrics.COALESCED.inc()
-        reader = flight.attach()
-        return OpenedFlight(flight, reader.opening()), joined
+            return flight, True
+        flight = Flight(key)
+        if self.settings.coalesce:
+            self.flights.add(flight)
+        flight.start(open_upstream(), on_done=lambda done: self._finished(done, decision, stream))
+        return flight, False
 
     def _finished(self, flight: Flight, decision: CacheDecision, stream: bool) -> None:
         self.flights.remove(flight)
-        if not (decision.store and flight.clean and flight.recorded):
+        if not (decision.store and flight.clean):
             return
-        body = b"".join(flight.chunks)
-        if stream and not stream_is_complete(body):
-            return
-        marks: list[tuple[int, float]] = []
-        if stream:
-            end = 0
-            for chunk, offset in zip(flight.chunks, flight.offsets, strict=True):
-                end += len(chunk)
-                marks.append((end, round(offset, 4)))
-        meta = flight.opened.result()
-        if meta.status != 200:
-            return
-        kind = "stream" if stream else "json"
-        entry = CacheEntry(kind, body, marks, deployment=meta.deployment.name)
+        opened = flight.opened.result()
+        source = opened.source
+        if source is not None:
+            if not source.recorded:
+                return
+            body, marks = source.recording_bytes()
+            if not stream_is_complete(body):
+                return
+            entry = CacheEntry("stream", body, marks, deployment=opened.deployment.name)
+        else:
+            entry = CacheEntry("json", opened.body, [], deployment=opened.deployment.name)
         assert decision.key is not None
         self._spawn(self._store(decision.key, entry, decision.ttl))
 
@@ -122,13 +118,3 @@ class ResponseCache:
     async def close(self) -> None:
         await self._background.wait(CLOSE_SECONDS)
         await self.backend.close()
-
-
-class OpenedFlight:
-    """A joined flight and the reader's opening, for the handler."""
-
-    __slots__ = ("flight", "opening")
-
-    def __init__(self, flight: Flight, opening: Awaitable[OpenedReader]) -> None:
-        self.flight = flight
-        self.opening = opening

@@ -1,7 +1,8 @@
 """The built-in mock served in-process: the embedded ``demo`` model, with no socket at all.
 
 It runs the same generator code as ``llm-gateway mock-upstream``, so the demo streams exactly what
-the mock server would, and the relay reads it through the same ``UpstreamResponse`` interface.
+the mock server would, and the event source reads it through the same ``UpstreamResponse``
+interface.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import orjson
 
 from gateway import mock
 from gateway.errors import (
+    GatewayError,
     InvalidRequest,
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamUnreachable,
 )
+from gateway.stream import BodyConsumer
 
-QUEUE_CHUNKS = 8
 # Paced so that a newcomer's `curl -N` visibly streams.
 DEMO_BEHAVIOUR = mock.MockBehaviour(chunks=24, delay=0.03)
 
@@ -27,11 +29,19 @@ DEMO_BEHAVIOUR = mock.MockBehaviour(chunks=24, delay=0.03)
 class InProcessResponse:
     """A response produced by the mock's generators instead of a socket.
 
-    A task runs the generator into a small bounded queue, so that a read can be cancelled (the
-    relay's keep-alive timer does that) without killing the generator, as a socket read would not.
+    A task runs the generator and pushes each chunk to the consumer, as a connection's callbacks
+    would; it waits while paused (flow control) and until a consumer is attached.
     """
 
-    __slots__ = ("_body", "_ended", "_producer", "_queue", "_release", "content_type", "status")
+    __slots__ = (
+        "_body",
+        "_consumer",
+        "_flowing",
+        "_producer",
+        "_release",
+        "content_type",
+        "status",
+    )
 
     def __init__(
         self,
@@ -44,52 +54,52 @@ class InProcessResponse:
         self.content_type = "text/event-stream" if chunks is not None else "application/json"
         self._body = body
         self._release: Callable[[], None] | None = release
-        self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        self._consumer: BodyConsumer | None = None
+        self._flowing = asyncio.Event()  # set while a consumer is attached and not paused
         self._producer: asyncio.Task[None] | None = None
-        self._ended = False
         if chunks is not None:
             self._producer = asyncio.create_task(self._produce(chunks))
 
     async def _produce(self, chunks: AsyncIterator[bytes]) -> None:
+        error: GatewayError | None = None
         try:
             async for chunk in chunks:
-                await self._queue.put(chunk)
-            await self._queue.put(b"")
+                if not self._flowing.is_set():
+                    await self._flowing.wait()
+                assert self._consumer is not None
+                self._consumer.body(chunk)
         except mock.MockDisconnect:
-            await self._queue.put(
-                UpstreamProtocolError(
-                    "The upstream closed the connection in the middle of the response."
-                )
+            error = UpstreamProtocolError(
+                "The upstream closed the connection in the middle of the response."
             )
+        if not self._flowing.is_set():
+            await self._flowing.wait()
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.end(error)
 
-    async def read_chunk(self) -> bytes:
+    def stream_to(self, consumer: BodyConsumer) -> None:
         if self._producer is None:
             body, self._body = self._body, b""
-            return body
-        if self._ended:
-            return b""
-        return self._take(await self._queue.get())
+            if body:
+                consumer.body(body)
+            consumer.end(None)
+            return
+        self._consumer = consumer
+        self._flowing.set()
 
-    def read_buffered(self) -> bytes:
-        if self._producer is None or self._ended:
-            return b""
-        try:
-            return self._take(self._queue.get_nowait())
-        except asyncio.QueueEmpty:
-            return b""
+    def pause(self) -> None:
+        self._flowing.clear()
 
-    def _take(self, item: bytes | BaseException) -> bytes:
-        if isinstance(item, BaseException):
-            self._ended = True
-            raise item
-        if not item:
-            self._ended = True
-        return item
+    def resume(self) -> None:
+        if self._consumer is not None:
+            self._flowing.set()
 
     async def read_body(self, limit: int) -> bytes:
         return self._body
 
     def close(self, *, complete: bool = False) -> None:
+        self._consumer = None
         if self._producer is not None:
             self._producer.cancel()
         if self._release is not None:

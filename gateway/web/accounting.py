@@ -20,8 +20,8 @@ from gateway import metrics
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.logs import REQUEST_ID
 from gateway.openai import Usage, estimate_prompt_tokens
-from gateway.relay import StreamOutcome
 from gateway.stats import ANONYMOUS_KEY, StatsEvent, StatsSidecar
+from gateway.stream import StreamOutcome
 from gateway.web.auth import API_KEY
 
 

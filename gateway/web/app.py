@@ -16,12 +16,13 @@ from gateway.cache.service import ResponseCache
 from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.ratelimit import RateLimiter
-from gateway.relay import LiveStreams, Termination
+from gateway.relay import LiveStreams
 from gateway.resumable import RedisLogs, ResumableStreams
 from gateway.router import Router
 from gateway.stats import StatsSidecar
 from gateway.store import Store, StoreUnavailable, describe, make_store
 from gateway.store.redis import RedisStore
+from gateway.stream import Termination
 from gateway.upstream import UpstreamPool, Upstreams
 from gateway.web import handlers, streams
 from gateway.web.accounting import SIDECAR, accounting_middleware

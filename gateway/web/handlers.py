@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +16,17 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.cache.entry import CacheEntry
+from gateway.cache.flight import Flight
 from gateway.cache.policy import decide
-from gateway.cache.service import CACHE_DEPLOYMENT, OpenedFlight, ResponseCache
-from gateway.config import ModelRoute, ServerSettings
+from gateway.cache.service import CACHE_DEPLOYMENT, ResponseCache
+from gateway.config import Deployment, ModelRoute, ServerSettings
 from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestTimeout
 from gateway.keys import check_model
 from gateway.openai import Endpoint, ParsedRequest, parse_request, usage_in_body
-from gateway.relay import OpenedUpstream, StreamOutcome, relay_stream
+from gateway.relay import relay_stream
+from gateway.source import EventSource, GapCounts
 from gateway.store import StoreUnavailable
+from gateway.stream import OpenedUpstream, StreamOutcome, UpstreamResponse
 from gateway.web.accounting import RECORD, SIDECAR
 from gateway.web.auth import API_KEY
 from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
@@ -177,12 +180,6 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     if key is not None and key.max_requests is not None:
         await _take_request(request, key.id, key.max_requests)
 
-    def body_for(serving: ModelRoute) -> bytes:
-        return parsed.upstream_body(serving.upstream_name(parsed.model))
-
-    def open_upstream() -> Awaitable[OpenedUpstream]:
-        return request.app[ROUTER].open(route, endpoint.value, body_for)
-
     cache = request.app[CACHE]
     decision = decide(
         parsed,
@@ -193,7 +190,12 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     )
     headers = request.setdefault(RESPONSE_HEADERS, {})
     headers["X-Gateway-Cache"] = "bypass" if decision.bypass else "miss"
-    shared: OpenedFlight | None = None
+    # A stream shared with coalesced clients or stored in the cache is recorded while it runs.
+    shared = not decision.bypass and (decision.store or config.cache.coalesce)
+    open_upstream = _opener(request, route, parsed, record_limit=(
+        config.cache.max_object_bytes if shared else 0
+    ))  # fmt: skip
+    flight: Flight | None = None
     opening: Awaitable[OpenedUpstream]
     if decision.bypass:
         opening = open_upstream()
@@ -201,30 +203,51 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         entry = await cache.lookup(decision) if decision.lookup else None
         if entry is not None:
             return await _serve_hit(request, parsed, entry, cache, decision.paced)
-        shared, joined = cache.share(
-            decision,
-            stream=parsed.stream,
-            open_upstream=open_upstream,
-            body_limit=config.server.max_upstream_body_bytes,
-        )
+        flight, joined = cache.share(decision, stream=parsed.stream, open_upstream=open_upstream)
         if joined:
             headers["X-Gateway-Coalesced"] = "true"
-        opening = shared.opening
+        opening = flight.join()
     if parsed.stream:
         return await _stream(request, opening, parsed)
     opened = await opening
     record.deployment = opened.deployment.name
     record.answered_at = asyncio.get_running_loop().time()
-    upstream = opened.response
-    try:
-        async with asyncio.timeout(opened.deployment.timeouts.idle):
-            body = await upstream.read_body(config.server.max_upstream_body_bytes)
-    finally:
-        upstream.close()
-    record.usage = usage_in_body(body)
-    if shared is not None and decision.store and shared.flight.clean:
+    record.usage = usage_in_body(opened.body)
+    if flight is not None and decision.store and flight.clean:
         headers["X-Gateway-Cache"] = "stored"
-    return web.Response(body=body, status=upstream.status, content_type="application/json")
+    return web.Response(body=opened.body, status=opened.status, content_type="application/json")
+
+
+def _opener(
+    request: web.Request, route: ModelRoute, parsed: ParsedRequest, *, record_limit: int
+) -> Callable[[], Awaitable[OpenedUpstream]]:
+    """How this request reaches its upstream: the router, with an event source per stream."""
+    app = request.app
+    server = app[CONFIG].server
+    publish_gaps = metrics.publish_inter_event(parsed.model)
+
+    def body_for(serving: ModelRoute) -> bytes:
+        return parsed.upstream_body(serving.upstream_name(parsed.model))
+
+    def make_source(response: UpstreamResponse, deployment: Deployment) -> EventSource:
+        return EventSource(
+            response,
+            deployment,
+            keepalive=server.keepalive_interval,
+            gaps=GapCounts(metrics.INTER_EVENT_BOUNDS, publish_gaps),
+            record_limit=record_limit,
+        )
+
+    def open_upstream() -> Awaitable[OpenedUpstream]:
+        return app[ROUTER].open(
+            route,
+            parsed.endpoint.value,
+            body_for,
+            make_source=make_source if parsed.stream else None,
+            body_limit=server.max_upstream_body_bytes,
+        )
+
+    return open_upstream
 
 
 async def _relay(
@@ -237,10 +260,8 @@ async def _relay(
         opening,
         settings=request.app[CONFIG].server,
         live=request.app[LIVE_STREAMS],
-        started=record.started,
         outcome=record.stream,
         strip_usage=not client_wants_usage,
-        observe_gap=metrics.INTER_EVENT.labels(record.model or "unknown").observe,
     )
 
 
@@ -267,7 +288,10 @@ async def _serve_hit(
     headers["X-Gateway-Cache"] = "hit"
     headers["Age"] = str(entry.age())
     if parsed.stream:
-        return await _stream(request, cache.replay_stream(entry, paced=paced), parsed)
+        keepalive = request.app[CONFIG].server.keepalive_interval
+        return await _stream(
+            request, cache.replay_stream(entry, paced=paced, keepalive=keepalive), parsed
+        )
     body = cache.replay_body(entry)
     record.deployment = CACHE_DEPLOYMENT.name
     record.answered_at = asyncio.get_running_loop().time()

@@ -23,10 +23,11 @@ from gateway.errors import (
     PermissionDenied,
     ServiceUnavailable,
 )
-from gateway.relay import SSE_HEADERS, OpenedUpstream, StreamOutcome
+from gateway.relay import SSE_HEADERS
 from gateway.resumable import EventLog, RedisLogs, ResumableStream, ResumableStreams
 from gateway.sse import encode_comment, encode_event
 from gateway.store.redis import REDIS_ERRORS
+from gateway.stream import OpenedUpstream, StreamOutcome
 from gateway.web.accounting import RECORD
 from gateway.web.auth import API_KEY
 from gateway.web.keys import CONFIG

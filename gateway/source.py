@@ -1,0 +1,383 @@
+"""The event source: one upstream stream, read once, framed once, delivered to every sink.
+
+The upstream's body bytes arrive through a callback (:meth:`EventSource.body`), are cut into whole
+SSE events and re-framed canonically (LF line ends, ``data: `` prefixes, never a JSON re-encode),
+and go to the sinks in one call per arrival: the client relay, a coalesced follower, the cache
+recorder, the resumable event log. The source alone owns what every consumer used to re-implement:
+the content-type check, the first-event and idle deadlines, ``[DONE]``, the upstream's own error
+event, usage capture, the counters behind the token estimate, and why the stream ended.
+
+Deadlines and keep-alives come from one timer per stream (``loop.call_at``), moved lazily: an
+arriving event only records the time; the timer, when it fires, works out what is due and re-arms.
+
+Until the first event the source buffers what it frames; the router awaits :attr:`first` so that a
+stream that breaks before its first event is retried like a refused connection. A sink attached
+later gets the buffered events at once, then everything live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Callable, Sequence
+
+from gateway.config import Deployment
+from gateway.errors import GatewayError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from gateway.openai import Usage, carries_content, usage_in_event
+from gateway.sse import DONE, EventTooLarge, SSEParser, encode_comment, encode_event
+from gateway.stream import Sink, Termination, UpstreamResponse
+
+DONE_EVENT = b"data: [DONE]\n\n"
+KEEPALIVE_COMMENT = encode_comment(b"keep-alive")
+_ERROR_PREFIX = b'{"error"'
+_USAGE_MARK = b'"usage":{'
+
+
+class GapCounts:
+    """Inter-event gaps bucketed in plain ints, published once per stream (a multiprocess metric
+    update is an mmap write under a lock: never one per event)."""
+
+    __slots__ = ("bounds", "counts", "publish_to", "total")
+
+    def __init__(
+        self, bounds: Sequence[float], publish_to: Callable[[list[int], float], None]
+    ) -> None:
+        self.bounds = list(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        self.publish_to = publish_to
+
+    def add(self, gap: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, gap)] += 1
+        self.total += gap
+
+    def publish(self) -> None:
+        if any(self.counts):
+            self.publish_to(self.counts, self.total)
+            self.counts = [0] * len(self.counts)
+            self.total = 0.0
+
+
+class EventSource:
+    """Reads one upstream SSE stream and delivers its framed events to sinks."""
+
+    __slots__ = (
+        "_backlog",
+        "_loop",
+        "_paused",
+        "_timer",
+        "_wake_at",
+        "content_events",
+        "deployment",
+        "done",
+        "error",
+        "events",
+        "first",
+        "first_event_at",
+        "gaps",
+        "idle",
+        "keepalive",
+        "last_delivery",
+        "last_event_at",
+        "offsets",
+        "parser",
+        "record_limit",
+        "recorded_bytes",
+        "recording",
+        "response",
+        "sinks",
+        "termination",
+        "usage",
+        "watchers",
+    )
+
+    def __init__(
+        self,
+        response: UpstreamResponse,
+        deployment: Deployment,
+        *,
+        keepalive: float,
+        gaps: GapCounts | None = None,
+        record_limit: int = 0,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.response = response
+        self.deployment = deployment
+        self.keepalive = keepalive
+        self.idle = deployment.timeouts.idle
+        self.parser = SSEParser()
+        self.sinks: list[Sink] = []
+        # What was framed, kept for sinks that attach later: until the first sink attaches, or
+        # while it stays under ``record_limit`` bytes (coalescing and the cache need it all).
+        self._backlog: list[tuple[bytes, list[bytes], bool]] = []
+        self.offsets: list[float] = []  # per backlog item, seconds after the first event
+        self.record_limit = record_limit
+        self.recorded_bytes = 0
+        self.recording = True
+        self.first: asyncio.Future[None] = loop.create_future()
+        self.done = False
+        self.error: GatewayError | None = None
+        self.termination = Termination.COMPLETED
+        self.events = 0
+        self.content_events = 0
+        self.usage: Usage | None = None
+        self.first_event_at: float | None = None
+        self.last_event_at = self.last_delivery = loop.time()
+        self.gaps = gaps
+        self._paused = 0
+        self.watchers: list[Callable[[EventSource], None]] = []  # called once, at the end
+        self._timer: asyncio.TimerHandle | None = None
+        self._wake_at = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the answer is an event stream, arm the first-event deadline, start reading."""
+        if not self.response.content_type.startswith("text/event-stream"):
+            self._fail(
+                UpstreamProtocolError(
+                    "The upstream answered a streaming request without an event stream."
+                )
+            )
+            return
+        self._arm(self._loop.time() + self.deployment.timeouts.first_byte)
+        self.response.stream_to(self)
+
+    def attach(self, sink: Sink) -> None:
+        """Add a sink: it gets what was framed before it came, then everything live."""
+        for framed, payloads, usage_only in self._backlog:
+            sink.deliver(framed, payloads, usage_only)
+        if not self.record_limit:
+            self._backlog, self.offsets = [], []
+            self.recording = False
+        if self.done:
+            sink.finish(self.error)
+            return
+        self.sinks.append(sink)
+
+    def watch(self, watcher: Callable[[EventSource], None]) -> None:
+        """Call ``watcher`` once the stream is over (at once if it is already)."""
+        if self.done:
+            watcher(self)
+        else:
+            self.watchers.append(watcher)
+
+    def detach(self, sink: Sink) -> None:
+        """Remove a sink; with none left the upstream is cancelled (nobody reads it)."""
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+        if not self.sinks and not self.done:
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading and abort the upstream (no sink is told: they are leaving)."""
+        if self.done:
+            return
+        self.done = True
+        self.termination = Termination.CLIENT_DISCONNECT
+        self.error = UpstreamError("Every client of this stream left; it was cancelled.")
+        self.sinks = []
+        self._cancel_timer()
+        if self.gaps is not None:
+            self.gaps.publish()
+        self.response.close()
+        if not self.first.done():
+            self.first.cancel()
+        self._notify_watchers()
+
+    def pause(self) -> None:
+        """A sink cannot take more now: stop reading the upstream (counted, sinks may overlap)."""
+        self._paused += 1
+        if self._paused == 1:
+            self.response.pause()
+
+    def resume(self) -> None:
+        """Undo one ``pause``."""
+        self._paused -= 1
+        if self._paused == 0:
+            self.last_event_at = self._loop.time()  # the upstream was not idle: we were
+            self.response.resume()
+
+    # -- BodyConsumer: called from the upstream connection ----------------------------------------
+
+    def body(self, data: bytes) -> None:
+        if self.done:
+            return
+        try:
+            events = self.parser.feed(data)
+        except EventTooLarge as exc:
+            self._fail(UpstreamProtocolError(f"The upstream sent an oversized event: {exc}"))
+            return
+        if not events:
+            return
+        now = self._loop.time()
+        if self.first_event_at is None:
+            self.first_event_at = now
+            self._cancel_timer()  # from the first-event deadline to idle and keep-alive
+            self._arm(now + min(self.idle, self.keepalive))
+        elif self.gaps is not None:
+            self.gaps.add(now - self.last_event_at)
+        self.last_event_at = self.last_delivery = now
+        parts: list[bytes] = []
+        payloads: list[bytes] = []
+        for event in events:
+            data = event.data
+            if data == DONE:
+                parts.append(DONE_EVENT)
+                payloads.append(DONE)
+                self._deliver(parts, payloads, False)
+                self._end(None)
+                return
+            if carries_content(data):
+                self.content_events += 1
+            if _USAGE_MARK in data:
+                usage, usage_only = usage_in_event(data)
+                if usage is not None:
+                    self.usage = usage
+                    if usage_only:
+                        self._deliver(parts, payloads, False)
+                        parts, payloads = [], []
+                        self._deliver([_frame(data, event.event, event.id)], [data], True)
+                        continue
+            self.events += 1
+            parts.append(_frame(data, event.event, event.id))
+            payloads.append(data)
+            if data.startswith(_ERROR_PREFIX):
+                # The upstream reported its own failure: it is the stream's last event.
+                self.termination = Termination.UPSTREAM_ERROR
+                self._deliver(parts, payloads, False)
+                self._end(None)
+                return
+        self._deliver(parts, payloads, False)
+
+    def end(self, error: GatewayError | None) -> None:
+        if self.done:
+            return
+        self._fail(error or UpstreamProtocolError("The upstream ended the stream before [DONE]."))
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _deliver(self, parts: list[bytes], payloads: list[bytes], usage_only: bool) -> None:
+        if not parts:
+            return
+        framed = parts[0] if len(parts) == 1 else b"".join(parts)
+        if not self.first.done():
+            self.first.set_result(None)
+        if self.recording:
+            self._record(framed, payloads, usage_only)
+        for sink in self.sinks:
+            sink.deliver(framed, payloads, usage_only)
+
+    def _record(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
+        self.recorded_bytes += len(framed)
+        if self.sinks and self.recorded_bytes > self.record_limit:
+            # Too large to keep: no longer joinable nor cacheable; sinks already have it all.
+            self.recording = False
+            self._backlog, self.offsets = [], []
+            return
+        assert self.first_event_at is not None
+        self._backlog.append((framed, payloads, usage_only))
+        self.offsets.append(self._loop.time() - self.first_event_at)
+
+    @property
+    def recorded(self) -> bool:
+        """Everything framed is still held: a late sink can join, the cache can store it."""
+        return self.recording
+
+    def recording_bytes(self) -> tuple[bytes, list[tuple[int, float]]]:
+        """The recorded stream as SSE bytes, with (end offset, seconds) per delivery."""
+        marks: list[tuple[int, float]] = []
+        end = 0
+        for (framed, _, _), offset in zip(self._backlog, self.offsets, strict=True):
+            end += len(framed)
+            marks.append((end, round(offset, 4)))
+        return b"".join(framed for framed, _, _ in self._backlog), marks
+
+    def _end(self, error: GatewayError | None) -> None:
+        """The stream is over: tell the sinks, release (or keep) the upstream connection."""
+        self.done = True
+        self.error = error
+        self._cancel_timer()
+        if self.gaps is not None:
+            self.gaps.publish()
+        self.response.close(complete=error is None and self.termination is Termination.COMPLETED)
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.finish(error)
+        if not self.first.done():
+            if error is None:
+                self.first.set_result(None)
+            else:
+                self.first.set_exception(error)
+        self._notify_watchers()
+
+    def _notify_watchers(self) -> None:
+        watchers, self.watchers = self.watchers, []
+        for watcher in watchers:
+            watcher(self)
+
+    @property
+    def clean(self) -> bool:
+        """Ended with [DONE], every event delivered."""
+        return self.done and self.error is None and self.termination is Termination.COMPLETED
+
+    def _fail(self, error: GatewayError) -> None:
+        self.termination = (
+            Termination.TIMEOUT
+            if isinstance(error, UpstreamTimeout)
+            else Termination.UPSTREAM_ERROR
+        )
+        self._end(error)
+
+    def _arm(self, when: float) -> None:
+        self._wake_at = when
+        self._timer = self._loop.call_at(when, self._tick)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        """The one timer: first-event and idle deadlines, keep-alives; then re-arm."""
+        self._timer = None
+        if self.done:
+            return
+        now = self._loop.time()
+        if self.first_event_at is None:
+            limit = self._wake_at
+            if now >= limit:
+                self._fail(
+                    UpstreamTimeout(
+                        f"Deployment {self.deployment.name!r} sent no event within "
+                        f"{self.deployment.timeouts.first_byte:g} s."
+                    )
+                )
+                return
+            self._arm(limit)
+            return
+        if self._paused:
+            idle_at = now + self.idle  # a paused upstream is waiting for us, not idle
+        else:
+            idle_at = self.last_event_at + self.idle
+            if now >= idle_at:
+                self._fail(
+                    UpstreamTimeout(
+                        f"Deployment {self.deployment.name!r} sent nothing for {self.idle:g} s."
+                    )
+                )
+                return
+        keepalive_at = self.last_delivery + self.keepalive
+        if now >= keepalive_at and self.sinks:
+            self.last_delivery = now
+            for sink in list(self.sinks):
+                sink.keepalive()
+            keepalive_at = now + self.keepalive
+        self._arm(min(idle_at, keepalive_at))
+
+
+def _frame(data: bytes, event: bytes | None, event_id: bytes | None) -> bytes:
+    if event is None and event_id is None and b"\n" not in data:
+        return b"data: " + data + b"\n\n"
+    return encode_event(data, event=event, id=event_id)

@@ -1,0 +1,125 @@
+"""The stream vocabulary shared by the engine and its sinks: how a stream ended, what it delivered,
+what an upstream response looks like, and what a sink of upstream events must do.
+
+It sits below the relay, the resumable event log and the cache, so none of them imports another.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.config import Deployment
+from gateway.errors import GatewayError
+from gateway.openai import Usage
+
+if TYPE_CHECKING:
+    from gateway.source import EventSource
+
+
+class Termination(enum.Enum):
+    """Why a stream ended."""
+
+    COMPLETED = "completed"
+    CLIENT_DISCONNECT = "client_disconnect"
+    UPSTREAM_ERROR = "upstream_error"
+    TIMEOUT = "timeout"
+    WRITE_STALL = "write_stall"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    """What one client's stream delivered and how it ended; right even when it was cancelled."""
+
+    termination: Termination = Termination.COMPLETED
+    events: int = 0
+    content_events: int = 0  # events that delivered text: the completion-token estimate
+    deployment: str | None = None  # the deployment that answered
+    usage: Usage | None = None  # as reported by the upstream's usage chunk
+    first_event_at: float | None = None
+    error: GatewayError | None = None
+    # Inter-event gaps, kept here and published once when the stream ends (never per event).
+    gaps: list[float] | None = None
+
+
+class BodyConsumer(Protocol):
+    """Receives an upstream body as it arrives (called from the connection's callbacks)."""
+
+    def body(self, data: bytes) -> None:
+        """Bytes of the body arrived."""
+        ...
+
+    def end(self, error: GatewayError | None) -> None:
+        """The body is over: ``None`` at a clean end of the HTTP message, else why it broke."""
+        ...
+
+
+class UpstreamResponse(Protocol):
+    """An upstream answer whose headers arrived. ``close()`` releases it; safe more than once."""
+
+    status: int
+    content_type: str
+
+    def stream_to(self, consumer: BodyConsumer) -> None:
+        """Deliver the body to ``consumer`` from now on (what arrived already, at once)."""
+        ...
+
+    def pause(self) -> None:
+        """Stop reading the body (flow control: a slow client holds the upstream back)."""
+        ...
+
+    def resume(self) -> None:
+        """Read again after ``pause``."""
+        ...
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole body, refusing one larger than ``limit`` bytes."""
+        ...
+
+    def close(self, *, complete: bool = False) -> None:
+        """Release the response; an unfinished one aborts its connection (the upstream sees it).
+
+        ``complete``: the stream reached its logical end ([DONE]), so the connection may be kept
+        for reuse once the HTTP message's own end arrives.
+        """
+        ...
+
+
+class Sink(Protocol):
+    """A consumer of one upstream stream's events: the client relay, the resumable event log, the
+    cache recorder. Called synchronously from the event source; must not block."""
+
+    def deliver(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
+        """Whole events in canonical SSE framing (``data: ...`` LF LF) and their data, one item
+        per event. ``usage_only``: the usage chunk the gateway asked for on the client's behalf
+        (skipped by clients that did not)."""
+        ...
+
+    def keepalive(self) -> None:
+        """Nothing was delivered for the keep-alive interval."""
+        ...
+
+    def finish(self, error: GatewayError | None) -> None:
+        """The stream is over. ``None``: its last event ([DONE] or the upstream's own error
+        event) was delivered. Otherwise the engine's failure, for the sink to report its way."""
+        ...
+
+
+class OpenedUpstream(Protocol):
+    """What the router hands over: where the answer came from, and either a stream (its first
+    event already in) or a whole body."""
+
+    @property
+    def deployment(self) -> Deployment: ...
+
+    @property
+    def source(self) -> EventSource | None: ...
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def body(self) -> bytes: ...
