@@ -60,7 +60,9 @@ def serve(
 ) -> None:
     """Start the gateway (embedded defaults when no config: the built-in `demo` model)."""
     from gateway import supervisor
+    from gateway.capacity import raise_fd_limit
 
+    raise_fd_limit()  # before the config: connection caps default to what the limit allows
     if upstream_key_env and not upstream:
         raise click.UsageError("--upstream-key-env needs --upstream")
     overrides: dict[str, Any] = {}

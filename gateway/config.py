@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from gateway.breaker import BreakerSettings
+from gateway.capacity import streams_per_worker
 from gateway.errors import ConfigError
 
 ENV_PREFIX = "LLM_GATEWAY_"
@@ -95,7 +96,16 @@ class ServerSettings:
     write_stall_timeout: float = 30.0
     drain_grace: float = 30.0
     cors_origins: tuple[str, ...] = ()
-    max_streams: int = 4096  # /v1 requests in flight per worker; beyond it an immediate 503
+    # /v1 requests in flight per worker; beyond it an immediate 503. 0: from the fd limit.
+    max_streams: int = 0
+    shed_lag: float = 0.5  # event-loop lag (s) past which new requests are shed with a 503
+    shed_queue: int = 1024  # connections waiting to be accepted past which the same happens
+
+    @property
+    def request_cap(self) -> int:
+        """Requests in flight one worker takes (``max_streams``, else from the fd limit)."""
+        return self.max_streams or streams_per_worker()
+
     log_level: str = "info"
     access_log: bool = True
 
@@ -575,7 +585,7 @@ def _build_server(raw: Mapping[str, Any], source: str) -> ServerSettings:
         if isinstance(default, bool):
             values[f.name] = _boolean(value, key, source)
         elif isinstance(default, int):
-            low = 0 if f.name == "port" else 1
+            low = 0 if f.name in ("port", "max_streams") else 1
             values[f.name] = _integer(value, key, source, minimum=low)
         elif isinstance(default, float):
             values[f.name] = _positive(value, key, source)
@@ -591,6 +601,8 @@ def _build_server(raw: Mapping[str, Any], source: str) -> ServerSettings:
             f"{source}: server.log_level: must be debug, info, warning or error, got {level!r}"
         )
     values["log_level"] = level
+    if not values.get("max_streams"):
+        values["max_streams"] = streams_per_worker()
     return ServerSettings(**values)
 
 
@@ -632,7 +644,10 @@ def _build_deployment(
         models=_strings(spec.get("models", []), f"{prefix}.models", source),
         timeouts=timeouts,
         max_connections=_integer(
-            spec.get("max_connections", 256), f"{prefix}.max_connections", source, minimum=1
+            spec.get("max_connections", streams_per_worker()),
+            f"{prefix}.max_connections",
+            source,
+            minimum=1,
         ),
         weight=_positive(spec.get("weight", 1.0), f"{prefix}.weight", source),
     )

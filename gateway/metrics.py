@@ -64,6 +64,21 @@ COMPLETION_TOKENS = Counter(
 CACHE_LOOKUPS = Counter(
     "llm_gateway_cache_lookups_total", "Response cache lookups, by result (hit, miss).", ["result"]
 )
+LOOP_LAG = Gauge(
+    "llm_gateway_loop_lag_seconds",
+    "How late the worker's event loop runs its timers (decaying peak), worst worker.",
+    multiprocess_mode="livemax",
+)
+ACCEPT_QUEUE = Gauge(
+    "llm_gateway_accept_queue",
+    "Connections waiting in the listen queues of the workers.",
+    multiprocess_mode="livesum",
+)
+SHED = Counter(
+    "llm_gateway_shed_total",
+    "Requests refused at once because the worker was overloaded, by reason (lag, queue).",
+    ["reason"],
+)
 ACTIVE_STREAMS = Gauge(
     "llm_gateway_active_streams", "Streams being relayed now.", multiprocess_mode="livesum"
 )

@@ -6,13 +6,16 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 
 import uvloop
 from aiohttp import web
 
+from gateway.capacity import raise_fd_limit
 from gateway.config import Config
 from gateway.logs import JsonAccessLogger, configure_logging
 from gateway.web import make_app
+from gateway.web.keys import LOAD
 
 log = logging.getLogger("gateway.server")
 
@@ -22,9 +25,29 @@ log = logging.getLogger("gateway.server")
 LINGERING_SECONDS = 2.0
 
 
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    """The worker's own listening socket (SO_REUSEPORT: every worker binds the same port, the
+    kernel spreads connections); kept so load shedding can read its accept queue."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def run_worker(config: Config, index: int, port: int) -> None:
     """Process entry point of a worker: serve until SIGTERM or SIGINT, then drain and return."""
     configure_logging(config.server.log_level)
+    raise_fd_limit()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(config, port=port, index=index))
 
@@ -46,8 +69,10 @@ async def serve(config: Config, *, port: int, index: int = 0) -> None:
         handle_signals=False,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, port, reuse_port=True, backlog=settings.backlog)
+    listener = listen(settings.host, port, settings.backlog)
+    site = web.SockSite(runner, listener)
     await site.start()
+    app[LOAD].listener = listener  # load shedding reads its accept queue
     log.info("worker ready", extra={"worker": index, "pid": os.getpid(), "port": port})
 
     stop = asyncio.Event()

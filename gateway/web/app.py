@@ -15,6 +15,7 @@ from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from gateway.cache.service import ResponseCache
 from gateway.config import Config
 from gateway.errors import ConfigError
+from gateway.load import LoadMonitor
 from gateway.ratelimit import RateLimiter
 from gateway.relay import LiveStreams
 from gateway.resumable import RedisLogs, ResumableStreams
@@ -32,6 +33,7 @@ from gateway.web.keys import (
     CACHE,
     CONFIG,
     LIVE_STREAMS,
+    LOAD,
     POOL,
     ROUTER,
     STORE,
@@ -74,6 +76,7 @@ def make_app(
     app[CONFIG] = config
     app[LIVE_STREAMS] = LiveStreams()
     app[WORKER_STATE] = WorkerState()
+    app[LOAD] = LoadMonitor(max_lag=config.server.shed_lag, max_queue=config.server.shed_queue)
     app[POOL] = upstreams or UpstreamPool(config)
     app[STORE] = store or make_store(config.store)
     app[ROUTER] = Router(config, app[POOL], app[POOL].in_flight)
@@ -95,7 +98,7 @@ def make_app(
         if isinstance(store_now, RedisStore)
         else None,
     )
-    app.cleanup_ctx.extend([_store, _sidecar, _limiter, _cache, _upstream_pool])
+    app.cleanup_ctx.extend([_store, _sidecar, _limiter, _cache, _upstream_pool, _load_monitor])
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain_streams)
     app.on_shutdown.append(_end_resumable_streams)
@@ -174,6 +177,12 @@ async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await pool.close()
+
+
+async def _load_monitor(app: web.Application) -> AsyncIterator[None]:
+    app[LOAD].start()
+    yield
+    app[LOAD].stop()
 
 
 async def _end_resumable_streams(app: web.Application) -> None:

@@ -29,8 +29,8 @@ from gateway.store import StoreUnavailable
 from gateway.stream import OpenedUpstream, StreamOutcome, UpstreamResponse
 from gateway.web.accounting import RECORD, SIDECAR
 from gateway.web.auth import API_KEY
-from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
-from gateway.web.limits import admit, over_capacity
+from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, LOAD, ROUTER, STORE, WORKER_STATE
+from gateway.web.limits import admit, over_capacity, overloaded
 from gateway.web.middlewares import RESPONSE_HEADERS
 from gateway.web.streams import start_resumable, wants_resumable
 
@@ -149,9 +149,12 @@ async def read_body(request: web.Request, settings: ServerSettings) -> bytes:
 
 async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     worker = request.app[WORKER_STATE]
-    cap = request.app[CONFIG].server.max_streams
+    cap = request.app[CONFIG].server.request_cap
     if worker.in_flight >= cap:
         raise over_capacity(cap)
+    shed = request.app[LOAD].overloaded
+    if shed is not None:
+        raise overloaded(shed)
     worker.in_flight += 1
     try:
         return await _serve(request, endpoint)

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.cache.service import ResponseCache
 from gateway.config import Config
+from gateway.load import LoadMonitor
 from gateway.relay import LiveStreams
 from gateway.router import Router
 from gateway.store.base import Store
@@ -29,3 +30,4 @@ WORKER_STATE = web.AppKey("worker_state", WorkerState)
 STORE = web.AppKey("store", Store)
 ROUTER = web.AppKey("router", Router)
 CACHE = web.AppKey("response_cache", ResponseCache)
+LOAD = web.AppKey("load_monitor", LoadMonitor)

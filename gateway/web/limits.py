@@ -167,6 +167,16 @@ def _headers(verdict: Verdict) -> dict[str, str]:
     }
 
 
+def overloaded(reason: str) -> ServiceUnavailable:
+    """Load shedding: the worker is behind (event-loop lag or a long listen queue)."""
+    metrics.SHED.labels(reason).inc()
+    return ServiceUnavailable(
+        "This gateway worker is overloaded; try again shortly.",
+        code="overloaded",
+        headers={"Retry-After": "1"},
+    )
+
+
 def over_capacity(cap: int) -> ServiceUnavailable:
     """The worker's admission cap: answered at once, before the body is even read."""
     metrics.RATE_LIMITED.labels("worker_capacity").inc()
