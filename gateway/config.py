@@ -66,6 +66,14 @@ STRATEGIES = ("weighted", "least-busy", "lowest-latency")
 
 
 @dataclass(frozen=True, slots=True)
+class HedgeSettings:
+    """Hedged streams: a second upstream request when the first event is late."""
+
+    after: float | None = None  # seconds; None: the deployment's own p95 time to first event
+    max_extra: int = 1  # hedges at most per request
+
+
+@dataclass(frozen=True, slots=True)
 class ModelRoute:
     """A client-facing model name and the deployments that serve it."""
 
@@ -74,6 +82,7 @@ class ModelRoute:
     upstream_model: str | None = None
     strategy: str = "weighted"
     fallbacks: tuple[str, ...] = ()  # other client model names, tried when these all failed
+    hedge: HedgeSettings | None = None
 
     def upstream_name(self, requested: str) -> str:
         """The model name sent upstream for a request that asked for ``requested``."""
@@ -290,7 +299,7 @@ _DEPLOYMENT_KEYS = {
     "weight",
     "breaker",
 }
-_ROUTE_KEYS = {"deployments", "upstream_model", "strategy", "fallbacks"}
+_ROUTE_KEYS = {"deployments", "upstream_model", "strategy", "fallbacks", "hedge"}
 
 
 def load_config(
@@ -691,6 +700,9 @@ def _build_models(
             else _string(upstream, f"{prefix}.upstream_model", source),
             strategy=strategy,
             fallbacks=_strings(spec.get("fallbacks", []), f"{prefix}.fallbacks", source),
+            hedge=_build_hedge(spec["hedge"], f"{prefix}.hedge", source)
+            if spec.get("hedge") is not None
+            else None,
         )
     for route in models.values():
         for fallback in route.fallbacks:
@@ -699,6 +711,15 @@ def _build_models(
                     f"{source}: models.{route.name}.fallbacks: {fallback!r} is not another model"
                 )
     return models
+
+
+def _build_hedge(raw: Any, key: str, source: str) -> HedgeSettings:
+    spec = _mapping(raw, key, source)
+    _reject_unknown(spec, {"after", "max_extra"}, f"{key}.", source)
+    after_raw = spec.get("after", "p95")
+    after = None if after_raw == "p95" else _positive(after_raw, f"{key}.after", source)
+    extra = _integer(spec.get("max_extra", 1), f"{key}.max_extra", source, minimum=1)
+    return HedgeSettings(after=after, max_extra=extra)
 
 
 # -- value checks ---------------------------------------------------------------------------------

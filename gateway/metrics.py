@@ -64,6 +64,17 @@ COMPLETION_TOKENS = Counter(
 CACHE_LOOKUPS = Counter(
     "llm_gateway_cache_lookups_total", "Response cache lookups, by result (hit, miss).", ["result"]
 )
+HEDGES = Counter(
+    "llm_gateway_hedges_total",
+    "Hedged streams by outcome: won (the hedge answered first), lost (the first request did),"
+    " not_needed (the first event came before the delay), no_budget.",
+    ["outcome"],
+)
+HEDGE_PROMPT_TOKENS = Counter(
+    "llm_gateway_hedge_prompt_tokens_total",
+    "Prompt tokens of hedged requests that were cancelled (paid for nothing), estimated, by model.",
+    ["model"],
+)
 LOOP_LAG = Gauge(
     "llm_gateway_loop_lag_seconds",
     "How late the worker's event loop runs its timers (decaying peak), worst worker.",

@@ -174,6 +174,8 @@ class ClientRelay:
             source = opened.source
             assert source is not None
             self.outcome.deployment = opened.deployment.name
+            self.outcome.hedges = getattr(opened, "hedges", 0)
+            self.outcome.hedges_lost = getattr(opened, "hedges_lost", 0)
             if self.response is None:
                 await self._prepare()
             self.source = source

@@ -12,11 +12,12 @@ byte: from then on a failure is the relay's final error event.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway import metrics
 from gateway.breaker import BreakerState, CircuitBreaker
@@ -35,6 +36,8 @@ from gateway.stream import UpstreamResponse
 from gateway.upstream import Upstreams
 
 LATENCY_WEIGHT = 0.2  # of each new sample in the moving average of time to first byte
+P95_WINDOW = 200  # recent times to first event kept per deployment, for `hedge: {after: p95}`
+P95_MIN_SAMPLES = 20
 
 
 class KeyPool:
@@ -73,14 +76,25 @@ class DeploymentHealth:
     deployment: Deployment
     breaker: CircuitBreaker
     keys: KeyPool
-    latency: float | None = None  # moving average of time to first byte, seconds
+    latency: float | None = None  # moving average of time to first event, seconds
+    recent: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=P95_WINDOW)
+    )
 
     def observe(self, seconds: float) -> None:
+        self.recent.append(seconds)
         self.latency = (
             seconds
             if self.latency is None
             else self.latency + LATENCY_WEIGHT * (seconds - self.latency)
         )
+
+    def p95(self) -> float | None:
+        """The 95th percentile of recent times to first event (None until enough samples)."""
+        if len(self.recent) < P95_MIN_SAMPLES:
+            return None
+        ordered = sorted(self.recent)
+        return ordered[int(0.95 * (len(ordered) - 1))]
 
 
 @dataclass(slots=True)
@@ -102,6 +116,8 @@ class Opened:
     status: int = 200
     body: bytes = b""
     attempts: int = 1
+    hedges: int = 0  # extra requests sent because the first event was late
+    hedges_lost: int = 0  # of the requests raced, how many were cancelled (their prompt is paid)
 
 
 BodyFor = Callable[[ModelRoute], bytes]
@@ -235,20 +251,9 @@ class Router:
             started = self._clock()
             name = health.deployment.name
             try:
-                opened = await self._attempt(attempt, path, body_for, key, make_source, body_limit)
-            except UpstreamStatusError as exc:
-                if exc.upstream_status not in self._retry.statuses:
-                    health.breaker.release()  # the request is at fault, not the deployment
-                    raise
-                if exc.upstream_status == 429:
-                    health.breaker.release()
-                    health.keys.rest(key, _retry_after(exc) or self._config.routing.key_cooldown)
-                else:
-                    self._failed(health, counted)
-                last = exc
-            except (UpstreamUnreachable, UpstreamTimeout, UpstreamProtocolError) as exc:
-                self._failed(health, counted)
-                last = exc
+                opened = await self._attempt_or_race(
+                    attempt, plan, path, body_for, key, make_source, body_limit, counted
+                )
             except ServiceUnavailable as exc:
                 # The deployment is at its own concurrency limit: nothing was sent, so this is
                 # neither an attempt nor ill health; try the next one.
@@ -257,12 +262,15 @@ class Router:
                 skipped += 1
                 last = exc
                 continue
+            except GatewayError as exc:
+                last = self._judge(health, key, exc, counted)
             except BaseException:
                 health.breaker.release()
                 raise
             else:
-                health.breaker.success()
-                health.observe(self._clock() - started)
+                answered = self.health[opened.deployment.name]  # a hedge may have won
+                answered.breaker.success()
+                answered.observe(self._clock() - started)
                 if attempt.route is not route:
                     metrics.FALLBACKS.labels(route.name, attempt.route.name).inc()
                 opened.attempts = sent
@@ -306,6 +314,148 @@ class Router:
         finally:
             response.close()
         return Opened(deployment, attempt.route, status=response.status, body=body)
+
+    def _judge(
+        self, health: DeploymentHealth, key: str, error: GatewayError, counted: set[str]
+    ) -> GatewayError:
+        """Apply a failed attempt to the breaker and the key pool. Returns the error when the
+        request may go elsewhere; raises it when the request itself is at fault."""
+        if isinstance(error, UpstreamStatusError):
+            if error.upstream_status not in self._retry.statuses:
+                health.breaker.release()  # the request is at fault, not the deployment
+                raise error
+            if error.upstream_status == 429:
+                health.breaker.release()
+                health.keys.rest(key, _retry_after(error) or self._config.routing.key_cooldown)
+            else:
+                self._failed(health, counted)
+            return error
+        if isinstance(error, UpstreamUnreachable | UpstreamTimeout | UpstreamProtocolError):
+            self._failed(health, counted)
+            return error
+        health.breaker.release()
+        raise error
+
+    async def _attempt_or_race(
+        self,
+        attempt: Attempt,
+        plan: list[Attempt],
+        path: str,
+        body_for: BodyFor,
+        key: str,
+        make_source: MakeSource | None,
+        body_limit: int,
+        counted: set[str],
+    ) -> Opened:
+        """One attempt, or for a hedged route a race: when the first event is late, the same
+        request also goes to the next deployment of the plan, and the first stream to deliver an
+        event wins; the others are cancelled. Hedges share the retry budget.
+
+        A hedge's failure is judged here; the first attempt's is left to the caller (unless a
+        hedge wins). Racers still running when the race is decided are cancelled and released.
+        """
+        hedge = attempt.route.hedge
+        if hedge is None or make_source is None:
+            return await self._attempt(attempt, path, body_for, key, make_source, body_limit)
+        delay = hedge.after if hedge.after is not None else attempt.health.p95()
+        primary = asyncio.ensure_future(
+            self._attempt(attempt, path, body_for, key, make_source, body_limit)
+        )
+        racers: dict[asyncio.Future[Opened], tuple[DeploymentHealth, str]] = {
+            primary: (attempt.health, key)
+        }
+        extra = 0
+        started = self._clock()
+        primary_error: GatewayError | None = None
+        try:
+            while racers:
+                wait = None
+                if delay is not None and extra < hedge.max_extra:
+                    wait = max(0.0, started + delay * (extra + 1) - self._clock())
+                done, _ = await asyncio.wait(
+                    racers, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    extra += 1
+                    if not self._hedge(plan, racers, path, body_for, make_source, body_limit):
+                        extra = hedge.max_extra  # nowhere to hedge to, or no budget
+                    continue
+                for task in done:
+                    health, racer_key = racers.pop(task)
+                    error = task.exception()
+                    if error is None:
+                        if primary_error is not None:
+                            self._judge(attempt.health, key, primary_error, counted)
+                        return self._won(task, primary, racers, extra)
+                    if not isinstance(error, GatewayError):
+                        raise error
+                    if task is primary:
+                        if not racers:
+                            raise error
+                        if isinstance(error, UpstreamStatusError) and (
+                            error.upstream_status not in self._retry.statuses
+                        ):
+                            raise error  # the request is at fault: no hedge will do better
+                        primary_error = error
+                    else:
+                        self._judge(health, racer_key, error, counted)
+            assert primary_error is not None
+            raise primary_error
+        finally:
+            for task, (health, _) in racers.items():
+                task.cancel()
+                task.add_done_callback(_close_late_winner)
+                health.breaker.release()
+
+    def _hedge(
+        self,
+        plan: list[Attempt],
+        racers: dict[asyncio.Future[Opened], tuple[DeploymentHealth, str]],
+        path: str,
+        body_for: BodyFor,
+        make_source: MakeSource,
+        body_limit: int,
+    ) -> bool:
+        """Start the same request on the next deployment of the plan that is not racing yet."""
+        if not self._may_retry():
+            metrics.HEDGES.labels("no_budget").inc()
+            return False
+        busy = {health.deployment.name for health, _ in racers.values()}
+        for candidate in plan:
+            health = candidate.health
+            if health.deployment.name in busy or not health.breaker.allow():
+                continue
+            key = health.keys.pick()
+            if key is None:
+                health.breaker.release()
+                continue
+            task = asyncio.ensure_future(
+                self._attempt(candidate, path, body_for, key, make_source, body_limit)
+            )
+            racers[task] = (health, key)
+            self._retrying += 1
+            task.add_done_callback(self._hedge_done)
+            return True
+        return False
+
+    def _hedge_done(self, task: asyncio.Future[Opened]) -> None:
+        self._retrying -= 1
+
+    def _won(
+        self,
+        winner: asyncio.Future[Opened],
+        primary: asyncio.Future[Opened],
+        racers: dict[asyncio.Future[Opened], tuple[DeploymentHealth, str]],
+        extra: int,
+    ) -> Opened:
+        opened = winner.result()
+        opened.hedges = extra
+        opened.hedges_lost = len(racers)  # still running: cancelled, their prompt paid
+        if extra == 0:
+            metrics.HEDGES.labels("not_needed").inc()
+        else:
+            metrics.HEDGES.labels("won" if winner is not primary else "lost").inc()
+        return opened
 
     def _failed(self, health: DeploymentHealth, counted: set[str]) -> None:
         """A deployment failed this request: its breaker counts it once per request, and never
@@ -361,6 +511,15 @@ class Router:
             }
             for name, health in self.health.items()
         }
+
+
+def _close_late_winner(task: asyncio.Future[Opened]) -> None:
+    """A racer that answered after the race was decided: close what it opened."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    source = task.result().source
+    if source is not None:
+        source.close()
 
 
 def _reason(error: GatewayError | None) -> str:

@@ -41,8 +41,8 @@ class StreamOutcome:
     usage: Usage | None = None  # as reported by the upstream's usage chunk
     first_event_at: float | None = None
     error: GatewayError | None = None
-    # Inter-event gaps, kept here and published once when the stream ends (never per event).
-    gaps: list[float] | None = None
+    hedges: int = 0  # extra upstream requests sent because the first event was late
+    hedges_lost: int = 0  # raced requests that were cancelled (their prompts are still paid)
 
 
 class BodyConsumer(Protocol):

@@ -141,6 +141,10 @@ def _observe(route: str, record: RequestRecord, event: StatsEvent) -> None:
         metrics.COMPLETION_TOKENS.labels(model, event.key_id).inc(event.completion_tokens)
     if record.stream is not None and event.status < 400:
         metrics.STREAM_TERMINATIONS.labels(event.termination).inc()
+    if record.stream is not None and record.stream.hedges_lost and record.body is not None:
+        # A cancelled hedge was sent its whole prompt: what hedging cost, estimated.
+        lost = record.stream.hedges_lost * estimate_prompt_tokens(record.body)
+        metrics.HEDGE_PROMPT_TOKENS.labels(model).inc(lost)
     # Failures before the first byte are counted by the router, per attempt.
     if record.stream is not None and isinstance(record.stream.error, UpstreamError):
         metrics.UPSTREAM_ERRORS.labels(
