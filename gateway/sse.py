@@ -87,6 +87,22 @@ class SSEParser:
         """
         if not chunk:
             return []  # must not clear _after_cr: an LF may still follow
+        if (
+            # The shape real upstreams send: one whole `data: ...` event per chunk.
+            chunk[-2:] == b"\n\n"
+            and chunk[:6] == b"data: "
+            and not self._partial
+            and not self._data
+            and self._started
+            and not self._after_cr
+            and self._event is None
+            and self._id is None
+            and self._retry is None
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+            and len(chunk) <= self._max
+        ):
+            return [SSEEvent(chunk[6:-2])]
         if not self._started:
             chunk = self._strip_bom(chunk)
             if not self._started:

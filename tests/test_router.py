@@ -16,6 +16,7 @@ from gateway.errors import (
     GatewayError,
     ServiceUnavailable,
     UpstreamStatusError,
+    UpstreamTimeout,
     UpstreamUnreachable,
 )
 from gateway.router import Router
@@ -29,6 +30,7 @@ class ScriptedUpstreams:
         self.down: dict[str, GatewayError] = {}
         self.by_key: dict[str, GatewayError] = {}
         self.sent: list[tuple[str, str | None]] = []
+        self.hanging: set[str] = set()  # deployments that never answer
 
     async def start(self) -> None:
         return None
@@ -53,6 +55,8 @@ class ScriptedUpstreams:
             raise self.by_key[api_key]
         if deployment.name in self.down:
             raise self.down[deployment.name]
+        if deployment.name in self.hanging:
+            await asyncio.sleep(3600)
         if self.failing[deployment.name]:
             raise self.failing[deployment.name].pop(0)
         return Answered()
@@ -185,6 +189,18 @@ async def test_all_breakers_open_fails_fast_with_retry_after() -> None:
     assert len(upstreams.sent) == sent  # no upstream call
     assert 29 <= int(caught.value.headers["Retry-After"]) <= 30
     assert router.describe()["a"]["state"] == "open"  # type: ignore[index]
+
+
+async def test_max_time_bounds_the_running_attempt_too() -> None:
+    """routing.retries.max_time ends an attempt still waiting, not only the start of the next."""
+    cfg = config(max_time=0.3)
+    upstreams = ScriptedUpstreams()
+    upstreams.hanging.add("a")
+    router = make_router(cfg, upstreams)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamTimeout):
+        await router.open(route(cfg, "a-only"), "/x", body_for)
+    assert asyncio.get_running_loop().time() - started < 1.0
 
 
 async def test_one_request_counts_once_against_a_breaker() -> None:
