@@ -60,6 +60,9 @@ async def test_rpm_is_exact_across_two_workers_on_redis(
 ) -> None:
     """1,000 concurrent requests, a key with 100 rpm, 2 workers: 100 admitted, 900 get 429."""
     env = {k: v for k, v in redis_env.items() if k != "LLM_GATEWAY_STORE__TIMEOUT"}
+    # The burst is about the limiter, not load shedding (tested in test_engine.py): a busy
+    # machine must not turn some of the 900 refusals into 503 overloaded.
+    env["LLM_GATEWAY_SHED_LAG"] = "10"
     _, limited = create_key(env, "--rpm", "100")
     _, other = create_key(env, "--rpm", "100")
     gateway: Proc = start_gateway(
@@ -72,7 +75,8 @@ async def test_rpm_is_exact_across_two_workers_on_redis(
             *(post(session, gateway.url + URL, body, auth(limited)) for _ in range(1000))
         )
         statuses = [status for status, _, _ in results]
-        assert statuses.count(200) == 100, {s: statuses.count(s) for s in set(statuses)}
+        codes = {(s, (e or {}).get("error", {}).get("code")) for s, _, e in results if s != 200}
+        assert statuses.count(200) == 100, ({s: statuses.count(s) for s in set(statuses)}, codes)
         assert statuses.count(429) == 900
         _, headers, error = next(r for r in results if r[0] == 429)
         assert error["error"]["type"] == "rate_limit_error"
