@@ -173,12 +173,12 @@ class ClientRelay:
             opened = await self._open(opening)
             source = opened.source
             assert source is not None
-            self.outcome.deployment = opened.deployment.name
+            self.source = source  # from here on, leaving detaches (and may cancel) it
             self.outcome.hedges = getattr(opened, "hedges", 0)
             self.outcome.hedges_lost = getattr(opened, "hedges_lost", 0)
+            self.outcome.deployment = opened.deployment.name
             if self.response is None:
                 await self._prepare()
-            self.source = source
             self.outcome.first_event_at = self.loop.time()
             source.attach(self)
             await self._follow()
