@@ -15,6 +15,7 @@ response headers are sent, and the relay turns it into a final SSE error event a
     ├── AuthenticationError           401 authentication_error
     ├── PermissionDenied              403 permission_error
     ├── RateLimited                   429 rate_limit_error
+    │   └── BudgetExceeded            429 (code: budget_exceeded; also mid-stream)
     ├── ServiceUnavailable            503 service_unavailable (pool full, draining, overloaded)
     └── UpstreamError                 502 upstream_error
         ├── UpstreamUnreachable       502 (code: upstream_unreachable)
@@ -122,6 +123,10 @@ class RateLimited(GatewayError):
     status = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(RateLimited):
+    default_code = "budget_exceeded"
 
 
 class ServiceUnavailable(GatewayError):

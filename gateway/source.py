@@ -170,6 +170,12 @@ class EventSource:
         if not self.sinks and not self.done:
             self.close()
 
+    def fail(self, error: GatewayError) -> None:
+        """End the stream now with ``error`` (the upstream is cancelled, every sink told)."""
+        if not self.done:
+            self.termination = Termination.UPSTREAM_ERROR
+            self._end(error)
+
     def close(self) -> None:
         """Stop reading and abort the upstream (no sink is told: they are leaving)."""
         if self.done:
@@ -268,6 +274,8 @@ class EventSource:
             self._record(framed, payloads, usage_only)
         for sink in self.sinks:
             sink.deliver(framed, payloads, usage_only)
+            if self.done:
+                break  # a sink ended the stream (a budget guard): the rest do not get it
 
     def _record(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
         self.recorded_bytes += len(framed)

@@ -1,0 +1,54 @@
+"""The budget guard on a real event source: leases ahead of delivery, a cut at the budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.budget import Budget, LocalLedger
+from gateway.config import Deployment
+from gateway.errors import BudgetExceeded
+from gateway.guard import BudgetGuard
+from gateway.source import EventSource
+from tests.test_cache import Chunks, Collected
+
+EVENT = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+
+
+async def guarded(budget_usd: float, *, lease: int) -> tuple[Chunks, EventSource, Collected]:
+    upstream = Chunks()
+    source = EventSource(upstream, Deployment(name="d", base_url="http://d/v1"), keepalive=30)
+    ledger = LocalLedger()
+    budgets = [Budget(budget_usd, "day", "usd")]
+    first = await ledger.draw("k", budgets, lease, 0.001)  # the admission lease
+    guard = BudgetGuard(
+        source, ledger, key_id="k", budgets=budgets, usd_per_token=0.001,
+        granted=first.tokens, lease_tokens=lease,
+    )  # fmt: skip
+    source.start()
+    client = Collected()
+    source.attach(guard)
+    source.attach(client)
+    return upstream, source, client
+
+
+async def test_a_stream_is_cut_where_its_budget_ends() -> None:
+    """$0.010 at $0.001 a token: 10 events reach the client, then budget_exceeded, no more."""
+    upstream, source, client = await guarded(0.010, lease=4)
+    for _ in range(30):
+        if source.done:
+            break
+        upstream.send(EVENT)
+        await asyncio.sleep(0.001)  # a draw in flight completes between events
+    assert client.data.count(b"\n\n") == 10
+    assert isinstance(client.error, BudgetExceeded)
+    assert source.done and upstream.closed_complete is False  # the upstream was cancelled
+
+
+async def test_a_healthy_stream_never_waits_for_a_lease() -> None:
+    """With budget to spare, leases are drawn ahead and every event is delivered."""
+    upstream, _, client = await guarded(1.0, lease=8)
+    for _ in range(50):
+        upstream.send(EVENT)
+        await asyncio.sleep(0)
+    upstream.send(b"data: [DONE]\n\n")
+    assert client.data.count(b"\n\n") == 51 and client.error is None
