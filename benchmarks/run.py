@@ -12,7 +12,6 @@ are written here: var/bench.json, var/bench.md and var/bench.png.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import resource
 import shutil
@@ -34,7 +33,12 @@ from benchmarks.targets import CLIENT_CPU, TARGETS, started
 OUTPUT = Path("var")
 CORE = ("json", "burst", "paced500", "paced1000", "idle")
 ALL = (*CORE, "extras", "failover")
-PAUSE = 0.5  # between two measurements, so one's tail does not land in the next
+BEGAN = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr, with the seconds since the run began."""
+    print(f"[{time.monotonic() - BEGAN:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def core_scenarios(scale: Scale) -> dict[str, tuple[str, Callable[[Server], Awaitable[Outcome]]]]:
@@ -57,25 +61,27 @@ async def measure(
     data: dict[str, Any] = {"results": {}, "cdf": {}, "titles": {}, "extras": {}}
     wanted = [name for name in CORE if name in only]
     if wanted or "extras" in only:
+        progress(f"starting {', '.join(names)}")
         with started(names if wanted else ("on",), workdir) as systems:
             for scenario in wanted:
                 title, run = table[scenario]
                 data["titles"][scenario] = title
                 for target, server in systems.items():
-                    print(f"  {title}: {target} ...", file=sys.stderr, flush=True)
+                    await scenarios.settled(server)  # the last load's tail is not measured
+                    progress(f"{title}: {target}")
                     outcome = await run(server)
                     data["results"].setdefault(scenario, {})[target] = outcome.figures
                     if outcome.samples:
                         curves = {k: report.cdf(v) for k, v in outcome.samples.items()}
                         data["cdf"].setdefault(scenario, {})[target] = curves
-                    await asyncio.sleep(PAUSE)
             if "extras" in only and "on" in systems:
-                print("  extras: cache hits, coalescing ...", file=sys.stderr, flush=True)
+                progress("extras: cache hits, coalescing")
                 data["extras"]["cache"] = await extras.cache_hits(systems["on"], scale.seconds)
                 data["extras"]["coalescing"] = await extras.coalescing(systems["on"], scale.seconds)
     if "failover" in only:
-        print("  failover ...", file=sys.stderr, flush=True)
+        progress("failover")
         data["failover"] = await failover.scenario(workdir)
+    progress("done")
     return data
 
 
@@ -135,23 +141,26 @@ def main() -> None:
     scale = Scale.quick() if args.quick else Scale()
     names = tuple(t for t in TARGETS if t in args.targets)
     workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-bench-"))
-    began = time.monotonic()
     try:
         data = uvloop.run(measure(args.only, names, scale, workdir))
     except BaseException:
         print(f"(the processes' logs are kept in {workdir})", file=sys.stderr)
         raise
-    shutil.rmtree(workdir, ignore_errors=True)
+    if any(f.get("errors") for s in data["results"].values() for f in s.values()):
+        print(f"(errors: the processes' logs are kept in {workdir})", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     data["run"] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "quick": args.quick,
-        "seconds": round(time.monotonic() - began, 1),
+        "seconds": round(time.monotonic() - BEGAN, 1),
         "scale": vars(scale),
         "targets": names,
         "cpus": os.cpu_count(),
     }
     print(write(data))
-    print(f"(written to {OUTPUT}/bench.json, bench.md, bench.png in {data['run']['seconds']} s)")
+    written = ", ".join(p.name for p in sorted(OUTPUT.glob("bench.*")))
+    print(f"({data['run']['seconds']} s; in {OUTPUT}/: {written})")
 
 
 if __name__ == "__main__":

@@ -143,11 +143,12 @@ async def paced_streams(server: Server, streams: int, scale: Scale) -> Outcome:
 
 
 async def idle_streams(server: Server, streams: int) -> Outcome:
-    """``streams`` open streams that got their first event and then nothing: RSS per stream."""
+    """``streams`` open streams that got their first event and then nothing: RSS per stream,
+    and the CPU it took to open them and, once the clients hung up, to end them."""
     warm = await loadgen.one_round(server.port, chat(server, 4), connections=100)
     warm_errors = sum(1 for e in warm if e.status != 200)
-    await asyncio.sleep(0.5)
-    before = server.rss_kib()
+    await settled(server)
+    before, cpu = server.rss_kib(), server.cpu_seconds()
     holders = Holders(server.port, chat(server, 8, stall_after=1), streams)
     try:
         opened = await holders.opened()
@@ -155,11 +156,29 @@ async def idle_streams(server: Server, streams: int) -> Outcome:
         after = server.rss_kib()
     finally:
         holders.close()
-    await asyncio.sleep(1.0)  # let the target notice the disconnects before the next scenario
+    quiet = await settled(server)
+    cpu = server.cpu_seconds() - cpu
     return Outcome(
         {
             "open streams": opened,
             "RSS KiB/stream": (after - before) / max(opened, 1),
+            "CPU us/stream (open + end)": cpu / max(opened, 1) * 1e6,
+            "seconds to settle after hang-up": quiet,
             "errors": warm_errors + streams - opened,
         }
     )
+
+
+async def settled(server: Server, *, busy: float = 0.05, timeout: float = 60.0) -> float:
+    """Wait until the target uses under ``busy`` of a CPU (it finished what the last load left
+    it to do); the seconds that took."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    last = server.cpu_seconds()
+    while loop.time() - began < timeout:
+        await asyncio.sleep(0.5)
+        now = server.cpu_seconds()
+        if now - last < busy * 0.5:
+            break
+        last = now
+    return loop.time() - began
