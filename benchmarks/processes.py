@@ -93,6 +93,17 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """CPU number -> (busy, total) clock ticks since boot, from /proc/stat (all processes)."""
+    ticks = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            numbers = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+            ticks[int(name[3:])] = (sum(numbers) - numbers[3] - numbers[4], sum(numbers))
+    return ticks
+
+
 @dataclass
 class Server:
     """A started server process pinned to one CPU."""

@@ -16,6 +16,11 @@ COLUMNS = ("mock", "relay", "off", "on")
 RATIOS = (("on", "relay"), ("on", "mock"), ("off", "relay"))
 
 
+def has_ratio(figure: str) -> bool:
+    """Counts and the machine's own load have no meaningful ratio to a baseline."""
+    return figure not in {"errors", "open streams"} and not figure.endswith("%")
+
+
 @dataclass(frozen=True)
 class Target:
     """``value op limit``, where the limit may be added to or multiply a baseline's figure."""
@@ -67,7 +72,7 @@ def ratios(results: Results) -> dict[str, dict[str, dict[str, dict[str, float]]]
             for figure, value in figures.items():
                 for baseline in BASELINES:
                     base = by_target.get(baseline, {}).get(figure)
-                    if baseline == target or base is None or figure == "errors":
+                    if baseline == target or base is None or not has_ratio(figure):
                         continue
                     ratio = value / base if base else math.nan
                     node = out.setdefault(scenario, {}).setdefault(target, {})
@@ -115,7 +120,7 @@ def markdown(results: Results, titles: dict[str, str]) -> str:
             row.extend(_cell(by_target.get(name, {}).get(figure)) for name in COLUMNS)
             for a, b in RATIOS:
                 top, bottom = by_target.get(a, {}).get(figure), by_target.get(b, {}).get(figure)
-                if top is None or not bottom or figure == "errors":
+                if top is None or not bottom or not has_ratio(figure):
                     row.append("-")
                 else:
                     row.append(f"{top / bottom:.2f}x")

@@ -28,7 +28,7 @@ import uvloop
 from benchmarks import extras, failover, report, scenarios
 from benchmarks.processes import Server
 from benchmarks.scenarios import Outcome, Scale
-from benchmarks.targets import CLIENT_CPU, TARGETS, started
+from benchmarks.targets import CLIENT_CPU, SUT_CPU, TARGETS, started
 
 OUTPUT = Path("var")
 CORE = ("json", "burst", "paced500", "paced1000", "idle")
@@ -86,9 +86,20 @@ async def measure(
 
 
 def warnings(results: report.Results) -> list[str]:
-    """Where the direct mock is not clearly faster than what it is compared with, the load
-    client (or the shared CPU 1) may be the limit, not the system under test."""
+    """What makes a figure of this run say less than it seems to: a load client (or CPU 1) at
+    its limit, other processes on the target's CPU, a mock that cannot hold the load itself."""
     found = []
+    for scenario, by_target in results.items():
+        for target, figures in by_target.items():
+            if figures.get(f"CPU {CLIENT_CPU} busy %", 0) > 90:
+                found.append(f"{scenario} on {target}: CPU {CLIENT_CPU} (load client, upstream "
+                             "mock) was saturated: figures may be the client side's")  # fmt: skip
+            others = figures.get(f"others on CPU {SUT_CPU} %", 0)
+            if others > 15:
+                found.append(f"{scenario} on {target}: other processes took {others:.0f}% of "
+                             f"CPU {SUT_CPU}")  # fmt: skip
+        if by_target.get("mock", {}).get("stream time p50 / ideal", 1) > 1.05:
+            found.append(f"{scenario}: the mock alone does not hold this load on this machine")
     for scenario, figure in (("json", "req/s"), ("burst", "events/s")):
         by_target = results.get(scenario, {})
         direct = by_target.get("mock", {}).get(figure)
@@ -107,7 +118,8 @@ def write(data: dict[str, Any]) -> str:
         data["ratios"] = report.ratios(data["results"])
         data["verdicts"] = report.verdicts(data["results"])
         parts.append(report.markdown(data["results"], data["titles"]))
-        parts.extend(f"warning: {w}" for w in warnings(data["results"]))
+        if found := warnings(data["results"]):
+            parts.append("\n".join(f"- warning: {w}" for w in found))
     if data.get("extras"):
         parts.append(extras.table(data["extras"]))
     if data.get("failover"):

@@ -17,7 +17,8 @@ import orjson
 
 from benchmarks import loadgen
 from benchmarks.idle import Holders
-from benchmarks.processes import Server
+from benchmarks.processes import TICKS, Server, core_ticks
+from benchmarks.targets import SUT_CPU
 
 PATH = "/v1/chat/completions"
 PACED_DELAY = 0.02  # 50 events/s
@@ -47,6 +48,30 @@ class Outcome:
     samples: dict[str, list[float]] = field(default_factory=dict)
 
 
+class Meter:
+    """The target's CPU time over one load, and how busy each core was meanwhile (everyone's
+    processes: what else ran on the target's core is the run's noise)."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._cpu = server.cpu_seconds()
+        self._cores = core_ticks()
+
+    def stop(self) -> tuple[float, dict[str, float]]:
+        """The target's CPU seconds, and the cores' figures."""
+        cpu = self._server.cpu_seconds() - self._cpu
+        now = core_ticks()
+        figures = {}
+        for core, (busy, total) in now.items():
+            busy0, total0 = self._cores.get(core, (0, 0))
+            figures[f"CPU {core} busy %"] = (busy - busy0) / max(total - total0, 1) * 100
+            if core == SUT_CPU:  # the target's own core: what others took of it
+                seconds = (total - total0) / TICKS
+                share = figures[f"CPU {core} busy %"] - cpu / max(seconds, 1e-9) * 100
+                figures[f"others on CPU {core} %"] = share
+        return cpu, figures
+
+
 def chat(server: Server, chunks: int, *, stream: bool = True, **mock: Any) -> bytes:
     """A chat completion request whose answer the mock shapes (``mock`` overrides)."""
     body: dict[str, Any] = {
@@ -70,11 +95,11 @@ def pct(values: Sequence[float], q: float) -> float:
 
 async def json_completions(server: Server, scale: Scale) -> Outcome:
     """Non-streaming chat completions, a closed loop of 50 connections."""
-    cpu = server.cpu_seconds()
+    meter = Meter(server)
     r = await loadgen.closed_loop(
         server.port, chat(server, 16, stream=False), connections=50, seconds=scale.seconds
     )
-    cpu = server.cpu_seconds() - cpu
+    cpu, cores = meter.stop()
     latencies = [(e.ended or 0) - e.started for e in r.exchanges]
     return Outcome(
         {
@@ -83,17 +108,18 @@ async def json_completions(server: Server, scale: Scale) -> Outcome:
             "latency p50 ms": pct(latencies, 0.5) * 1e3,
             "latency p99 ms": pct(latencies, 0.99) * 1e3,
             "errors": r.errors,
+            **cores,
         }
     )
 
 
 async def burst_streams(server: Server, scale: Scale) -> Outcome:
     """Unpaced 200-event streams (each event its own chunk), a closed loop of 16 connections."""
-    cpu = server.cpu_seconds()
+    meter = Meter(server)
     r = await loadgen.closed_loop(
         server.port, chat(server, BURST_CHUNKS), connections=16, seconds=scale.seconds
     )
-    cpu = server.cpu_seconds() - cpu
+    cpu, cores = meter.stop()
     events = sum(e.events for e in r.exchanges)
     short = sum(1 for e in r.exchanges if e.events != BURST_CHUNKS + 3)
     return Outcome(
@@ -101,6 +127,7 @@ async def burst_streams(server: Server, scale: Scale) -> Outcome:
             "events/s": events / r.elapsed,
             "CPU us/event": cpu / max(events, 1) * 1e6,
             "errors": r.errors + short,
+            **cores,
         }
     )
 
@@ -109,7 +136,7 @@ async def paced_streams(server: Server, streams: int, scale: Scale) -> Outcome:
     """``streams`` streams at 50 events/s open at once, started evenly over one stream's length."""
     expected = PACED_CHUNKS + 4
     ideal = (expected - 1) * PACED_DELAY
-    cpu = server.cpu_seconds()
+    meter = Meter(server)
     r = await loadgen.staggered_loop(
         server.port,
         chat(server, PACED_CHUNKS, delay=PACED_DELAY),
@@ -117,7 +144,7 @@ async def paced_streams(server: Server, streams: int, scale: Scale) -> Outcome:
         ramp=ideal,
         seconds=scale.paced_seconds,
     )
-    cpu = server.cpu_seconds() - cpu
+    cpu, cores = meter.stop()
     events = sum(e.events for e in r.exchanges)
     bad = sum(1 for e in r.exchanges if e.status != 200 or e.events != expected)
     # Latency figures from the steady state only: streams started after the ramp.
@@ -137,6 +164,7 @@ async def paced_streams(server: Server, streams: int, scale: Scale) -> Outcome:
             "events/s": events / r.elapsed,
             "CPU us/event": cpu / max(events, 1) * 1e6,
             "errors": r.errors + bad,
+            **cores,
         },
         {"TTFB ms": [t * 1e3 for t in ttfb], "gap ms": [g * 1e3 for g in gaps]},
     )

@@ -276,6 +276,17 @@ async def _paced(
         yield b"".join(batch)
 
 
+def scheduled_events(
+    body: Mapping[str, Any], behaviour: MockBehaviour, *, chat: bool
+) -> list[tuple[bytes, int]] | None:
+    """The whole stream as (event, pieces) for a paced ``unbatched`` stream without failure
+    injection, which the server then writes from timers; None for any other stream."""
+    failures = (behaviour.die_after, behaviour.stall_after, behaviour.error_after)
+    if not (behaviour.unbatched and behaviour.delay) or any(f is not None for f in failures):
+        return None
+    return list((_chat_events if chat else _completion_events)(body, behaviour))
+
+
 def _pause(behaviour: MockBehaviour, started: float, sent: int) -> float:
     """Seconds to wait before event number ``sent``: ``delay``, or what is left of the schedule."""
     if not behaviour.unbatched:
