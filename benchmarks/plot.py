@@ -24,6 +24,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
     for row, scenario in enumerate(PACED):
         for col, sample in enumerate(("TTFB ms", "gap ms")):
             ax = axes[row][col]
+            if not cdfs.get(scenario):
+                ax.set_title(f"{scenario}: not run")
+                ax.set_axis_off()
+                continue
             for target, curves in cdfs.get(scenario, {}).items():
                 values = curves.get(sample, [])
                 if values:

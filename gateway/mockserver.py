@@ -214,6 +214,7 @@ async def _write_on_schedule(
     await response.prepare(request)
     started = loop.time()
     await response.write(events[0][0])  # the headers and the first chunk, through aiohttp
+    record.events_sent, record.completion_tokens_sent = 1, events[0][1]
     transport = request.transport
     ended: asyncio.Future[None] = loop.create_future()
     sent = 1
