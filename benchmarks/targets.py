@@ -31,12 +31,12 @@ deployments:
     max_connections: 20000
 """
 FEATURES_OFF = """
-server: {access_log: false, log_level: warning, backlog: 4096, max_streams: 20000}
+server: {workers: 1, access_log: false, log_level: warning, backlog: 4096, max_streams: 20000}
 auth: {mode: "off"}
 cache: {mode: "off"}
 """
 FEATURES_ON = f"""
-server: {{access_log: true, log_level: info, backlog: 4096, max_streams: 20000}}
+server: {{workers: 1, access_log: true, log_level: info, backlog: 4096, max_streams: 20000}}
 auth: {{mode: "on"}}
 limits: {{key_rpm: {HUGE}, key_tpm: {HUGE}, key_concurrent: {HUGE}}}
 """
