@@ -3,7 +3,8 @@
 A process has at most 20,000 file descriptors here, and a relay holds two sockets per stream, so
 the client side is spread over processes of ``PER_PROCESS`` connections each. Each holder opens
 its connections, sends one request on each (a stream that sends its first event, then nothing),
-reports how many saw their first event, and keeps them open until told to close. Streams are
+reports how many saw their first event, and keeps them open until told to close. A stream the
+target sheds (503) is asked for again after a second, as a client would. Streams are
 opened at ``OPEN_RATE`` per second in all, so what is measured is streams held open, not how a
 target copes with thousands of connections arriving in the same millisecond.
 """
@@ -23,6 +24,8 @@ PER_PROCESS = 2000
 OPEN_RATE = 1000.0  # streams opened per second, all holders together
 OPEN_TIMEOUT = 30.0  # after the last one was opened
 BATCH = 20
+RETRIES = 3  # a stream refused with 503 (load shedding) is asked for again, this many times
+RETRY_AFTER = 1.0
 
 
 class Holders:
@@ -42,17 +45,19 @@ class Holders:
             self._pipes.append(ours)
             self._processes.append(process)
 
-    async def opened(self) -> int:
-        """Wait until every holder reported; the streams that saw their first event."""
-        total = 0
+    async def opened(self) -> tuple[int, int]:
+        """Wait until every holder reported: the streams that saw their first event, and the
+        503s (shed) they met on the way."""
+        total = refused = 0
         for pipe, process in zip(self._pipes, self._processes, strict=True):
             while not pipe.poll():
                 if not process.is_alive():
                     break  # it failed (its traceback is on stderr): none of its streams count
                 await asyncio.sleep(0.05)
             else:
-                total += int(pipe.recv())
-        return total
+                opened, shed = pipe.recv()
+                total, refused = total + opened, refused + shed
+        return total, refused
 
     def close(self) -> None:
         """Tell every holder to close its connections, and wait for them to exit."""
@@ -83,10 +88,24 @@ async def _hold(port: int, request: bytes, count: int, rate: float, pipe: Pipe) 
         conns.extend(opened)
         exchanges.extend(conn.send(request) for conn in opened)
         await asyncio.sleep(max(0.0, started + len(conns) / rate - time.monotonic()))
-    deadline = time.monotonic() + OPEN_TIMEOUT
-    while any(e.first_event is None for e in exchanges) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    pipe.send(sum(1 for e in exchanges if e.first_event is not None and e.status == 200))
+    refused = 0
+    for attempt in range(RETRIES + 1):
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        while any(e.first_event is None for e in exchanges) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        shed = [i for i, e in enumerate(exchanges) if e.status == 503]
+        if not shed or attempt == RETRIES:
+            break
+        refused += len(shed)
+        await asyncio.sleep(RETRY_AFTER)  # as a client honouring Retry-After would
+        for index in shed:
+            transport = conns[index].transport
+            if transport is not None:
+                transport.close()
+            conns[index] = await loadgen.connect(port)
+            exchanges[index] = conns[index].send(request)
+    held = sum(1 for e in exchanges if e.first_event is not None and e.status == 200)
+    pipe.send((held, refused))
     while not pipe.poll():
         await asyncio.sleep(0.05)
     for conn in conns:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks import loadgen
+from benchmarks import loadgen, report
 from benchmarks.idle import Holders
 from benchmarks.processes import TICKS, Server, core_ticks
 from benchmarks.targets import SUT_CPU
@@ -179,7 +179,7 @@ async def idle_streams(server: Server, streams: int) -> Outcome:
     before, cpu = server.rss_kib(), server.cpu_seconds()
     holders = Holders(server.port, chat(server, 8, stall_after=1), streams)
     try:
-        opened = await holders.opened()
+        opened, shed = await holders.opened()
         await asyncio.sleep(1.0)
         after = server.rss_kib()
     finally:
@@ -192,6 +192,7 @@ async def idle_streams(server: Server, streams: int) -> Outcome:
             "RSS KiB/stream": (after - before) / max(opened, 1),
             "CPU us/stream (open + end)": cpu / max(opened, 1) * 1e6,
             "seconds to settle after hang-up": quiet,
+            report.SHED: shed,
             "errors": warm_errors + streams - opened,
         }
     )

@@ -6,7 +6,8 @@
 ``on``     the gateway with its features on: an API key, per-key limits, stats into its store,
            metrics and the access log.
 Each system under test is pinned to CPU 0, its upstream mock and the load client to CPU 1.
-Metrics and stats cannot be switched off: ``off`` still records both.
+Metrics and stats cannot be switched off: ``off`` still records both. Connection caps and load
+shedding are the gateway's defaults (derived from the descriptor limit), as a user gets them.
 """
 
 from __future__ import annotations
@@ -28,15 +29,14 @@ deployments:
   mock:
     base_url: http://127.0.0.1:{port}/v1
     models: [mock-gpt]
-    max_connections: 20000
 """
 FEATURES_OFF = """
-server: {workers: 1, access_log: false, log_level: warning, backlog: 4096, max_streams: 20000}
+server: {workers: 1, access_log: false, log_level: warning, backlog: 4096}
 auth: {mode: "off"}
 cache: {mode: "off"}
 """
 FEATURES_ON = f"""
-server: {{workers: 1, access_log: true, log_level: info, backlog: 4096, max_streams: 20000}}
+server: {{workers: 1, access_log: true, log_level: info, backlog: 4096}}
 auth: {{mode: "on"}}
 limits: {{key_rpm: {HUGE}, key_tpm: {HUGE}, key_concurrent: {HUGE}}}
 """
