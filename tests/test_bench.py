@@ -114,8 +114,9 @@ def test_bench_uses_a_store_of_its_own_and_writes_only_its_outputs(tmp_path: Pat
     assert created.returncode == 0, created.stderr
     digest = hashlib.sha256(user_store.read_bytes()).hexdigest()
     before = {p.name for p in (tmp_path / "var").iterdir()}
+    bench = ["-m", "benchmarks.run", "--quick", "--only", "json", "--targets", "off", "on"]
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "json", "--targets", "off", "on"],
+        [sys.executable, *bench],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
         env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
