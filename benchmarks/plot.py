@@ -8,7 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-LABELS = {"mock": "mock direct", "relay": "aiohttp relay", "off": "gateway off", "on": "gateway on"}
+LABELS = {
+    "mock": "mock direct",
+    "relay": "aiohttp relay",
+    "before": "gateway before",
+    "off": "gateway off",
+    "on": "gateway on",
+}
 PACED = ("paced500", "paced1000")
 
 
@@ -55,8 +61,10 @@ def _bars(
     titles: dict[str, str],
 ) -> None:
     present = [(s, f) for s, f in figures if s in results]
-    width = 0.8 / len(LABELS)
-    for index, (target, label) in enumerate(LABELS.items()):
+    measured = {t for s, _ in present for t in results[s]}
+    labels = {t: label for t, label in LABELS.items() if t in measured}
+    width = 0.8 / max(len(labels), 1)
+    for index, (target, label) in enumerate(labels.items()):
         xs = [i + index * width for i in range(len(present))]
         ys = [results[s].get(target, {}).get(f, 0.0) for s, f in present]
         ax.bar(xs, ys, width, label=label)

@@ -176,11 +176,18 @@ def start_relay(name: str, cpu: int, upstream: Server, workdir: Path) -> Server:
 
 
 def start_gateway(
-    name: str, cpu: int, config: str, workdir: Path, env: dict[str, str] | None = None
+    name: str,
+    cpu: int,
+    config: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
 ) -> Server:
-    """`llm-gateway serve` with the YAML ``config``, pinned to ``cpu``; its store in ``workdir``."""
+    """`llm-gateway serve` (or ``command serve``) with the YAML ``config``, pinned to ``cpu``;
+    its store in ``workdir``."""
     path = workdir / f"{name}.yaml"
     path.write_text(config)
     store = {"LLM_GATEWAY_STORE__PATH": str(workdir / f"{name}.sqlite3"), **(env or {})}
-    args = [str(BIN / "llm-gateway"), "serve", "--config", str(path), "--port", "{port}"]
+    program = command or [str(BIN / "llm-gateway")]
+    args = [*program, "serve", "--config", str(path), "--port", "{port}"]
     return start(name, cpu, args, workdir, store)

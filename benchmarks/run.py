@@ -7,6 +7,7 @@ Everything runs in a temporary directory with a store and config of its own; onl
 are written here: var/bench.json, var/bench.md and var/bench.png.
 
     python -m benchmarks.run [--quick] [--only json burst paced500 paced1000 idle extras failover]
+                             [--targets mock relay before off on] [--before REF]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def core_scenarios(scale: Scale) -> dict[str, tuple[str, Callable[[Server], Awai
 
 
 async def measure(
-    only: list[str], names: tuple[str, ...], scale: Scale, workdir: Path
+    only: list[str], names: tuple[str, ...], scale: Scale, workdir: Path, before: str | None
 ) -> dict[str, Any]:
     """Run the chosen scenarios; the document that becomes var/bench.json."""
     table = core_scenarios(scale)
@@ -62,7 +63,7 @@ async def measure(
     wanted = [name for name in CORE if name in only]
     if wanted or "extras" in only:
         progress(f"starting {', '.join(names)}")
-        with started(names if wanted else ("on",), workdir) as systems:
+        with started(names if wanted else ("on",), workdir, before) as systems:
             for scenario in wanted:
                 title, run = table[scenario]
                 data["titles"][scenario] = title
@@ -146,15 +147,17 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS),
                         help="measure only these systems")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="short phases, fewer streams")
+    parser.add_argument("--before", metavar="REF",
+                        help="also measure the gateway at this git revision")  # fmt: skip
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.sched_setaffinity(0, {CLIENT_CPU})
     scale = Scale.quick() if args.quick else Scale()
-    names = tuple(t for t in TARGETS if t in args.targets)
+    names = tuple(t for t in TARGETS if t in args.targets and (t != "before" or args.before))
     workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-bench-"))
     try:
-        data = uvloop.run(measure(args.only, names, scale, workdir))
+        data = uvloop.run(measure(args.only, names, scale, workdir, args.before))
     except BaseException:
         print(f"(the processes' logs are kept in {workdir})", file=sys.stderr)
         raise
@@ -168,6 +171,7 @@ def main() -> None:
         "seconds": round(time.monotonic() - BEGAN, 1),
         "scale": vars(scale),
         "targets": names,
+        "before": args.before,
         "cpus": os.cpu_count(),
     }
     print(write(data))
