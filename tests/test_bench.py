@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from benchmarks import report
+from benchmarks import report, run
 from benchmarks.processes import cpu_seconds, start_mock, start_relay, tree
 from gateway import mock
 from tests.conftest import ROOT
@@ -129,3 +129,23 @@ def test_bench_uses_a_store_of_its_own_and_writes_only_its_outputs(tmp_path: Pat
     assert hashlib.sha256(user_store.read_bytes()).hexdigest() == digest
     after = {p.name for p in (tmp_path / "var").iterdir()}
     assert after - before <= {"bench.json", "bench.md", "bench.png"}
+
+
+def test_warnings_name_what_makes_a_figure_unreliable() -> None:
+    """A saturated client core, a busy target core and a mock that cannot keep up are each named."""
+    results: report.Results = {
+        "paced500": {
+            "mock": {"stream time p50 / ideal": 1.3, "CPU 1 busy %": 50.0},
+            "on": {"CPU 1 busy %": 97.0, "others on CPU 0 %": 40.0},
+        },
+        "json": {"mock": {"req/s": 1000.0}, "relay": {"req/s": 900.0}, "on": {"req/s": 500.0}},
+    }
+    assert run.warnings(results) == [
+        "paced500: CPU 1 (load client, upstream mock) was saturated (on): latencies may be the "
+        "client's",
+        "paced500: other processes took CPU 0 from the target (on 40%)",
+        "paced500: the mock alone does not hold this load on this machine",
+        "json: the mock directly is within 20% of the req/s of relay: the client side may be the "
+        "limit",
+    ]
+    assert run.warnings({"json": {"mock": {"req/s": 1000.0}, "on": {"req/s": 500.0}}}) == []
