@@ -85,11 +85,11 @@ async def phase(port: int, a: Server, b: Server, connections: int = 64) -> dict[
 
 
 async def scenario(workdir: Path) -> dict[str, dict[str, float]]:
-    a, b = start_mock("mock-a", cpu=1), start_mock("mock-b", cpu=1)
+    a, b = start_mock("mock-a", 1, workdir), start_mock("mock-b", 1, workdir)
     servers = [a, b]
     results: dict[str, dict[str, float]] = {}
     try:
-        gateway = start_gateway(0, a.port, workdir, config=config(a, b, 5), name="gw-failover")
+        gateway = start_gateway("gw-failover", 0, config(a, b, 5), workdir)
         servers.append(gateway)
         results["healthy"] = await phase(gateway.port, a, b)
         await behave(a, {"defaults": {"fail_status": 503}})
@@ -106,7 +106,7 @@ async def scenario(workdir: Path) -> dict[str, dict[str, float]]:
         gateway.stop()
         await behave(b, {})
         no_eject = config(a, b, 10**9)
-        gateway = start_gateway(0, a.port, workdir, config=no_eject, name="gw-no-eject")
+        gateway = start_gateway("gw-no-eject", 0, no_eject, workdir)
         servers.append(gateway)
         results["a down, no eject"] = await phase(gateway.port, a, b)
     finally:
@@ -116,8 +116,9 @@ async def scenario(workdir: Path) -> dict[str, dict[str, float]]:
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
+    """The failover phases as a markdown table."""
     columns = ["answers/s", "ok", "failed", "TTFB p50 ms", "TTFB p99 ms", "sent to a", "sent to b"]
-    rows = [f"{'failover phase':24}" + "".join(f"{c:>13}" for c in columns)]
+    rows = ["| failover phase | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for name, figures in results.items():
-        rows.append(f"{name:24}" + "".join(f"{figures[c]:13.1f}" for c in columns))
+        rows.append(f"| {name} | " + " | ".join(f"{figures[c]:.1f}" for c in columns) + " |")
     return "\n".join(rows)

@@ -114,11 +114,12 @@ async def connect(port: int) -> Connection:
     return protocol
 
 
-def post(path: str, body: bytes) -> bytes:
+def post(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
     """The bytes of a keep-alive JSON POST."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     return (
         f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
     ).encode() + body
 
 
@@ -153,6 +154,41 @@ async def closed_loop(port: int, request: bytes, *, connections: int, seconds: f
             finished.append(exchange)
 
     await asyncio.gather(*(run(c) for c in conns))
+    elapsed = time.perf_counter() - start
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.close()
+    return LoopResult(elapsed, finished, errors)
+
+
+async def staggered_loop(
+    port: int, request: bytes, *, connections: int, ramp: float, seconds: float
+) -> LoopResult:
+    """Closed loops of paced streams whose starts are spread evenly over ``ramp`` seconds.
+
+    Each connection starts its first request at its own offset within the ramp, then sends the
+    next as soon as the last ended, until ``ramp + seconds`` have passed; requests in flight then
+    finish. So ``connections`` streams are open at once without arriving in one burst.
+    """
+    conns = await asyncio.gather(*(connect(port) for _ in range(connections)))
+    finished: list[Exchange] = []
+    errors = 0
+    start = time.perf_counter()
+    deadline = start + ramp + seconds
+
+    async def run(index: int, conn: Connection) -> None:
+        nonlocal errors
+        await asyncio.sleep(ramp * index / connections)
+        while time.perf_counter() < deadline:
+            exchange = conn.send(request, record_events=True)
+            try:
+                await exchange.done
+            except ConnectionError:
+                errors += 1
+                return
+            finished.append(exchange)
+
+    await asyncio.gather(*(run(i, c) for i, c in enumerate(conns)))
     elapsed = time.perf_counter() - start
     for conn in conns:
         if conn.transport is not None:

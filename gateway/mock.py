@@ -7,7 +7,8 @@ client received with :func:`expected_text`. Behaviour (size, pacing, failures) c
 and the gateway's in-process ``demo`` model.
 
 It is built to be fast, because benchmarks measure the gateway against it: the constant JSON around
-each piece is encoded once per stream, and unpaced events are batched into ~16 KiB writes.
+each piece is encoded once per stream, and unpaced events are batched into ~16 KiB writes unless
+``unbatched`` asks for one write per event, as real upstreams do (what ``make bench`` measures).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class MockBehaviour:
     stall_after: int | None = None
     error_after: int | None = None
     retry_after: float | None = None
+    # Each event its own write and HTTP chunk, as OpenAI and vLLM flush them (benchmarks), and
+    # ``delay`` kept as a fixed schedule (event n at n * delay) so the mock's own lag never adds up.
+    unbatched: bool = False
 
     def merged(self, overrides: Mapping[str, Any]) -> MockBehaviour:
         """A copy with ``overrides`` applied; a ValueError names any bad key or value."""
@@ -238,6 +242,7 @@ async def _paced(
     """Apply pacing, batching and failure injection to a sequence of events."""
     batch: list[bytes] = []
     size = 0
+    started = asyncio.get_running_loop().time()
     for data, pieces in events:
         sent = progress.events
         if behaviour.die_after is not None and sent >= behaviour.die_after:
@@ -253,9 +258,9 @@ async def _paced(
             if batch:
                 yield b"".join(batch)
             await asyncio.Event().wait()  # silent until the reader goes away
-        if behaviour.delay:
-            if sent:
-                await asyncio.sleep(behaviour.delay)
+        if behaviour.delay or behaviour.unbatched:
+            if sent and behaviour.delay:
+                await asyncio.sleep(_pause(behaviour, started, sent))
             progress.events += 1
             progress.pieces += pieces
             yield data
@@ -269,6 +274,24 @@ async def _paced(
             batch, size = [], 0
     if batch:
         yield b"".join(batch)
+
+
+def scheduled_events(
+    body: Mapping[str, Any], behaviour: MockBehaviour, *, chat: bool
+) -> list[tuple[bytes, int]] | None:
+    """The whole stream as (event, pieces) for a paced ``unbatched`` stream without failure
+    injection, which the server then writes from timers; None for any other stream."""
+    failures = (behaviour.die_after, behaviour.stall_after, behaviour.error_after)
+    if not (behaviour.unbatched and behaviour.delay) or any(f is not None for f in failures):
+        return None
+    return list((_chat_events if chat else _completion_events)(body, behaviour))
+
+
+def _pause(behaviour: MockBehaviour, started: float, sent: int) -> float:
+    """Seconds to wait before event number ``sent``: ``delay``, or what is left of the schedule."""
+    if not behaviour.unbatched:
+        return behaviour.delay
+    return max(0.0, started + sent * behaviour.delay - asyncio.get_running_loop().time())
 
 
 def chat_stream(

@@ -174,6 +174,9 @@ async def _answer(
         )
         record.completion_tokens_sent = answer["usage"]["completion_tokens"]
         return web.json_response(answer, dumps=lambda v: orjson.dumps(v).decode())
+    scheduled = mock.scheduled_events(body, behaviour, chat=chat)
+    if scheduled is not None:
+        return await _write_on_schedule(request, scheduled, behaviour.delay, record)
     progress = mock.StreamProgress()
     stream = (mock.chat_stream if chat else mock.completion_stream)(body, behaviour, progress)
     response = web.StreamResponse(headers=SSE_HEADERS)
@@ -194,6 +197,50 @@ async def _answer(
         return response
     if behaviour.error_after is not None and progress.events > behaviour.error_after:
         state.end(record, "failed")
+    return response
+
+
+async def _write_on_schedule(
+    request: web.Request, events: list[tuple[bytes, int]], delay: float, record: RecordedRequest
+) -> web.StreamResponse:
+    """Event n at n * delay, each its own HTTP chunk, written from a timer callback.
+
+    The paced streams of ``make bench`` (a thousand at 50 events/s) this way cost the mock a
+    timer and a write per event instead of a task wake-up, a generator step and an awaited write,
+    so the mock stays far cheaper than what it is compared with.
+    """
+    loop = asyncio.get_running_loop()
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    started = loop.time()
+    await response.write(events[0][0])  # the headers and the first chunk, through aiohttp
+    record.events_sent, record.completion_tokens_sent = 1, events[0][1]
+    transport = request.transport
+    ended: asyncio.Future[None] = loop.create_future()
+    sent = 1
+    handle: asyncio.TimerHandle | None = None
+
+    def tick() -> None:
+        nonlocal handle, sent
+        if transport is None or transport.is_closing():
+            ended.set_exception(ConnectionResetError("the client went away"))
+            return
+        data, pieces = events[sent]
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        sent += 1
+        record.events_sent = sent
+        record.completion_tokens_sent += pieces
+        if sent == len(events):
+            ended.set_result(None)
+        else:
+            handle = loop.call_at(started + sent * delay, tick)
+
+    handle = loop.call_at(started + delay, tick)
+    try:
+        await ended
+    finally:
+        handle.cancel()  # a no-op once the stream ended
+    await response.write_eof()
     return response
 
 

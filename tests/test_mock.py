@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from gateway import mock
@@ -121,3 +123,66 @@ async def test_embeddings_models_and_stats(mock_url: str) -> None:
     assert {m["id"] for m in models["data"]} == set(mock.MOCK_MODELS)
     stats = await get_json(mock_url + "/_mock/stats")
     assert stats["requests"] == 1 and stats["completed"] == 1 and stats["in_flight"] == 0
+
+
+async def http_chunks(port: int, body: dict[str, Any]) -> list[bytes]:
+    """POST over a raw socket; the chunked response body as the list of its HTTP chunks."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    payload = orjson.dumps(body)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: mock\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    chunks = []
+    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+        chunks.append(await reader.readexactly(size))
+        assert await reader.readexactly(2) == b"\r\n"
+    writer.close()
+    return chunks
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.001])
+async def test_unbatched_sends_each_event_as_its_own_chunk(delay: float) -> None:
+    """With unbatched, burst or paced, every HTTP chunk holds exactly one whole SSE event."""
+    runner, port = await start_mock_server("127.0.0.1", 0)
+    try:
+        mock_settings = {"chunks": 40, "unbatched": True, "delay": delay}
+        chunks = await http_chunks(port, chat_body("mock-gpt", mock=mock_settings))
+        batched = await http_chunks(port, chat_body("mock-gpt", mock={"chunks": 40}))
+        record = (await get_json(f"http://127.0.0.1:{port}/_mock/requests"))[0]
+    finally:
+        await runner.cleanup()
+    assert record["outcome"] == "completed"
+    assert (record["events_sent"], record["completion_tokens_sent"]) == (43, 40)
+    assert len(chunks) == 40 + 3  # role, 40 pieces, finish, [DONE]
+    assert all(c.startswith(b"data: ") and c.count(b"\n\n") == 1 for c in chunks)
+    assert chunks[-1] == b"data: [DONE]\n\n"
+    assert len(batched) < len(chunks)  # the default batches unpaced events
+
+
+async def test_a_client_leaving_a_paced_unbatched_stream_is_recorded() -> None:
+    """A client that hangs up mid-stream ends the mock's timed writes and counts as disconnected."""
+    runner, port = await start_mock_server("127.0.0.1", 0)
+    try:
+        body = orjson.dumps(chat_body("mock-gpt", mock={"chunks": 500, "unbatched": True,
+                                                         "delay": 0.01}))  # fmt: skip
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: mock\r\nContent-Type: "
+            b"application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        await reader.readuntil(b"data: ")
+        writer.close()
+        stats: dict[str, int] = {}
+        for _ in range(100):
+            stats = await get_json(f"http://127.0.0.1:{port}/_mock/stats")
+            if not stats["in_flight"]:
+                break
+            await asyncio.sleep(0.05)
+        record = (await get_json(f"http://127.0.0.1:{port}/_mock/requests"))[0]
+    finally:
+        await runner.cleanup()
+    assert stats["disconnected"] == 1 and record["outcome"] == "disconnected"
+    assert 1 <= record["events_sent"] < 503
