@@ -353,6 +353,7 @@ def make_mock_app(defaults: mock.MockBehaviour = mock.DEFAULT_BEHAVIOUR) -> web.
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/messages", _anthropic)
     app.router.add_post("/v1beta/models/{target}", _gemini)
+    app.router.add_post("/v1/models/{target}", _gemini)  # google-genai 3 defaults to v1
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", _azure)
     app.router.add_post("/openai/deployments/{deployment}/embeddings", _embeddings)
     app.router.add_get("/health", _health)
