@@ -123,6 +123,21 @@ def gemini_target(target: str) -> tuple[str, bool] | None:
     return None
 
 
+def for_path(path: str) -> tuple[MockDialect, str, bool | None] | None:
+    """The dialect, model and streaming a provider path asks for (None: the OpenAI dialect).
+
+    ``path`` is relative to the API root, as a deployment's request builder makes it.
+    """
+    route = path.split("?", 1)[0]
+    if route == "/messages":
+        return ANTHROPIC, "", None
+    if route.startswith("/models/"):
+        target = gemini_target(route[len("/models/") :])
+        if target is not None:
+            return GEMINI, target[0], target[1]
+    return None
+
+
 def raw_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object for the behaviour overrides (``{}`` when it is not one)."""
     try:

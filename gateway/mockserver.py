@@ -21,6 +21,8 @@ import uvloop
 from aiohttp import web
 
 from gateway import mock, mockdialect
+from gateway.dialects import messages
+from gateway.dialects.base import load_object
 from gateway.errors import GatewayError
 
 MAX_RECORDS = 10_000
@@ -223,6 +225,16 @@ async def _anthropic(request: web.Request) -> web.StreamResponse:
     return await _in_dialect(request, mockdialect.ANTHROPIC, "", None)
 
 
+async def _count_tokens(request: web.Request) -> web.Response:
+    """Anthropic's ``POST /v1/messages/count_tokens``: the mock's word count of the prompt."""
+    try:
+        canonical = messages.to_canonical({"max_tokens": 1, **load_object(await request.read())})
+    except GatewayError as exc:
+        error = mockdialect.anthropic_error(exc.http_status, exc.message)
+        return web.json_response(error, status=exc.http_status)
+    return web.json_response({"input_tokens": mock.count_prompt_tokens(canonical)})
+
+
 async def _gemini(request: web.Request) -> web.StreamResponse:
     """Gemini ``{model}:generateContent`` and ``{model}:streamGenerateContent?alt=sse``."""
     target = mockdialect.gemini_target(request.match_info["target"])
@@ -352,6 +364,7 @@ def make_mock_app(defaults: mock.MockBehaviour = mock.DEFAULT_BEHAVIOUR) -> web.
     app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/messages", _anthropic)
+    app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     app.router.add_post("/v1beta/models/{target}", _gemini)
     app.router.add_post("/v1/models/{target}", _gemini)  # google-genai 3 defaults to v1
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", _azure)

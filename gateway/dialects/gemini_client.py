@@ -8,6 +8,7 @@ complete, with the finish reason and ``usageMetadata`` in the last event, as Gem
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import orjson
@@ -28,10 +29,18 @@ _CONFIG = (
 )
 
 
+def field(obj: JSONObject, name: str) -> Any:
+    """``obj[name]`` in camelCase or snake_case: Google's JSON APIs accept both, and the
+    google-genai SDK sends some fields in each."""
+    if name in obj:
+        return obj[name]
+    return obj.get(re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), name))
+
+
 def to_canonical(body: JSONObject, model: str, *, stream: bool) -> JSONObject:
     """A ``generateContent`` body as a canonical chat request."""
     messages: list[JSONObject] = []
-    system = body.get("systemInstruction") or body.get("system_instruction")
+    system = field(body, "systemInstruction")
     if isinstance(system, dict):
         text = "".join(p.get("text", "") for p in system.get("parts") or ())
         messages.append({"role": "system", "content": text})
@@ -45,15 +54,15 @@ def to_canonical(body: JSONObject, model: str, *, stream: bool) -> JSONObject:
         for part in content.get("parts") or ():
             if "text" in part:
                 texts.append(part["text"])
-            elif "functionCall" in part:
-                call = part["functionCall"]
+            elif field(part, "functionCall") is not None:
+                call = field(part, "functionCall")
                 call_id = str(call.get("id") or f"call_{index}_{len(calls)}")
                 pending.append((call_id, str(call.get("name"))))
                 arguments = orjson.dumps(call.get("args") or {}).decode()
                 function = {"name": call.get("name"), "arguments": arguments}
                 calls.append({"id": call_id, "type": "function", "function": function})
-            elif "functionResponse" in part:
-                answer = part["functionResponse"]
+            elif field(part, "functionResponse") is not None:
+                answer = field(part, "functionResponse")
                 call_id = _answered(pending, str(answer.get("name")))
                 result = orjson.dumps(answer.get("response") or {}).decode()
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
@@ -63,23 +72,25 @@ def to_canonical(body: JSONObject, model: str, *, stream: bool) -> JSONObject:
                 message["tool_calls"] = calls
             messages.append(message)
     out: JSONObject = {"model": model, "messages": messages}
-    config = body.get("generationConfig") or {}
+    config = field(body, "generationConfig") or {}
     for name, key in _CONFIG:
-        if config.get(name) is not None:
-            out[key] = config[name]
-    if config.get("stopSequences"):
-        out["stop"] = config["stopSequences"]
-    if config.get("responseMimeType") == "application/json":
-        schema = config.get("responseJsonSchema") or config.get("responseSchema")
+        if field(config, name) is not None:
+            out[key] = field(config, name)
+    if field(config, "stopSequences"):
+        out["stop"] = field(config, "stopSequences")
+    if field(config, "responseMimeType") == "application/json":
+        schema = field(config, "responseJsonSchema") or field(config, "responseSchema")
         out["response_format"] = (
             {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
             if schema
             else {"type": "json_object"}
         )
-    tools = [_tool(d) for t in body.get("tools") or () for d in t.get("functionDeclarations") or ()]
+    tools = [
+        _tool(d) for t in body.get("tools") or () for d in field(t, "functionDeclarations") or ()
+    ]
     if tools:
         out["tools"] = tools
-    mode = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
+    mode = (field(field(body, "toolConfig") or {}, "functionCallingConfig") or {}).get("mode")
     if mode in ("ANY", "NONE"):
         out["tool_choice"] = "required" if mode == "ANY" else "none"
     if stream:
@@ -100,7 +111,7 @@ def _tool(declaration: JSONObject) -> JSONObject:
     function: JSONObject = {"name": declaration.get("name")}
     if declaration.get("description"):
         function["description"] = declaration["description"]
-    parameters = declaration.get("parametersJsonSchema") or declaration.get("parameters")
+    parameters = field(declaration, "parametersJsonSchema") or declaration.get("parameters")
     if parameters:
         function["parameters"] = parameters
     return {"type": "function", "function": function}

@@ -8,7 +8,7 @@ dialect. The far end must get the mock's exact text, the exact tool call and the
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from gateway import mock, mockanswer
-from tests.conftest import Proc, free_port, gateway_command, start_process
+from tests.conftest import Proc
 from tests.translator import translator
 
 QUESTION = "what is the weather like in lisbon today"
@@ -59,16 +59,6 @@ async def set_behaviour(proc: Proc, behaviour: dict[str, Any]) -> None:
         session.post(proc.url + "/_mock/behaviour", json=behaviour) as answer,
     ):
         assert answer.status == 200
-
-
-@pytest.fixture(scope="module")
-def shared_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    """One real mock process for the whole matrix (each test restores its behaviour)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("mock") / "mock.log"
-    proc = start_process(gateway_command("mock-upstream", "--port", str(port)), port, log)
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture
