@@ -78,15 +78,24 @@ class ProviderError(UpstreamError):
     """The provider reported its own failure (an error event mid-stream or an error body).
 
     ``retryable`` says whether another deployment could succeed (overloaded, quota); ``kind`` is
-    the provider's own error type, kept so a client of the same dialect sees it unchanged.
+    the provider's own error type and ``payload`` its own error event, kept so a client of the
+    same dialect sees them unchanged.
     """
 
     default_code = "upstream_error"
 
-    def __init__(self, message: str, *, kind: str = "api_error", retryable: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "api_error",
+        retryable: bool = False,
+        payload: bytes | None = None,
+    ) -> None:
         super().__init__(message, code=kind)
         self.kind = kind
         self.retryable = retryable
+        self.payload = payload
 
 
 class ClientEncoder(Protocol):

@@ -14,6 +14,7 @@ import orjson
 from gateway import openai
 from gateway.dialects.base import (
     JSONObject,
+    ProviderError,
     UpstreamRequest,
     UpstreamSettings,
 )
@@ -37,6 +38,8 @@ class ChatEncoder:
         return DONE_EVENT
 
     def error(self, err: GatewayError) -> bytes:
+        if isinstance(err, ProviderError) and err.payload is not None:
+            return b"data: " + err.payload + b"\n\n"  # an OpenAI upstream's own error event
         return b"data: " + err.to_json() + b"\n\n"
 
 
@@ -67,15 +70,28 @@ class OpenAIDecoder:
         self.finished = False
 
     def feed(self, event: SSEEvent) -> list[bytes]:
-        if event.data == DONE:
+        data = event.data
+        if data == DONE:
             self.finished = True
             return []
-        return [event.data]
+        if data.startswith(b'{"error"'):
+            raise _provider_error(data)
+        return [data]
 
     def at_eof(self) -> list[bytes]:
         if not self.finished:
             raise UpstreamProtocolError("The upstream stream ended without [DONE].")
         return []
+
+
+def _provider_error(data: bytes) -> ProviderError:
+    """An OpenAI-style ``{"error": {...}}`` event as a ProviderError that keeps the event."""
+    try:
+        error = orjson.loads(data)["error"]
+        message, kind = str(error.get("message")), str(error.get("type") or "upstream_error")
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        message, kind = "The upstream reported an error.", "upstream_error"
+    return ProviderError(message, kind=kind, payload=data)
 
 
 class OpenAIUpstream:

@@ -40,6 +40,19 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
+ERROR_KINDS = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "overloaded_error",
+        "timeout_error",
+    }
+)
 _DROPPED = ("top_k", "thinking", "service_tier", "container", "mcp_servers")
 
 
@@ -51,7 +64,7 @@ def event(name: str, data: JSONObject) -> bytes:
 def error_object(err: GatewayError) -> JSONObject:
     """An Anthropic error object for a gateway error."""
     kind = getattr(err, "kind", None)
-    if not isinstance(kind, str) or not kind.endswith("_error"):
+    if kind not in ERROR_KINDS:
         kind = "api_error"
         for cls, name in _ERROR_TYPES.items():
             if isinstance(err, cls):
@@ -304,7 +317,7 @@ class MessagesEncoder:
 
 
 def _failure(failure: c.Failure) -> JSONObject:
-    kind = failure.kind if failure.kind.endswith("_error") else "api_error"
+    kind = failure.kind if failure.kind in ERROR_KINDS else "api_error"
     return {"type": kind, "message": failure.message}
 
 

@@ -212,3 +212,46 @@ async def test_cached_tokens_reported(
     result = await ask(gateway, client, upstream, True, False)
     assert result.cached_tokens == 5
     assert result.prompt_tokens == PROMPT_TOKENS
+
+
+async def failure_seen(url: str, client: str, upstream: str) -> str:
+    """Stream the question and return the message of the error the client's SDK reports."""
+    headers = {"X-Upstream-Type": upstream}
+    if client == "messages":
+        async with anthropic.AsyncAnthropic(
+            base_url=url, api_key="k", default_headers=headers, max_retries=0
+        ) as claude:
+            with pytest.raises(anthropic.APIStatusError) as failed:
+                async with claude.messages.stream(
+                    model=MODEL, max_tokens=100, messages=[{"role": "user", "content": QUESTION}]
+                ) as events:
+                    async for _ in events:
+                        pass
+            return failed.value.message
+    async with openai.AsyncOpenAI(
+        base_url=url + "/v1", api_key="k", default_headers=headers, max_retries=0
+    ) as sdk:
+        if client == "chat":
+            with pytest.raises(openai.APIError) as broken:
+                stream = await sdk.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": QUESTION}], stream=True
+                )
+                async for _ in stream:
+                    pass
+            return broken.value.message
+        seen = [
+            e async for e in await sdk.responses.create(model=MODEL, input=QUESTION, stream=True)
+        ]
+        assert [e.type for e in seen[-2:]] == ["error", "response.failed"]
+        assert not any(e.type == "response.completed" for e in seen)
+        return str(getattr(seen[-2], "message", ""))
+
+
+@pytest.mark.parametrize("upstream", UPSTREAMS)
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+async def test_mid_stream_failure_is_the_clients_error_event(
+    gateway: str, shared_mock: Proc, client: str, upstream: str
+) -> None:
+    """A provider's own mid-stream error event reaches each client as its dialect's error."""
+    await set_behaviour(shared_mock, {"defaults": {"error_after": 4}})
+    assert "mid-stream" in await failure_seen(gateway, client, upstream)
