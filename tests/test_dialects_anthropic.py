@@ -172,3 +172,15 @@ def test_completion_and_retryable_statuses() -> None:
     error = {"type": "error", "error": {"type": "api_error", "message": "boom"}}
     with pytest.raises(ProviderError, match="boom"):
         UPSTREAM.completion_from_upstream(orjson.dumps(error))
+
+
+def test_fields_messages_lacks_are_dropped_with_a_debug_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Chat-only fields do not reach Anthropic; a debug line names them."""
+    caplog.set_level("DEBUG", logger="gateway.dialects.anthropic")
+    body = build(
+        {"model": "m", "messages": [], "logit_bias": {"1": 2}, "seed": 3, "temperature": 0.5}
+    )
+    assert "logit_bias" not in body and "seed" not in body and body["temperature"] == 0.5
+    assert "['logit_bias', 'seed']" in caplog.text

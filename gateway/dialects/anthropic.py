@@ -43,7 +43,13 @@ FINISH_REASONS = {
 }
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 RETRYABLE_KINDS = frozenset({"overloaded_error", "rate_limit_error", "api_error", "timeout_error"})
-_DROPPED = ("frequency_penalty", "presence_penalty", "logit_bias", "seed", "response_format")
+_MAPPED = frozenset(
+    {
+        "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+        "stream", "stream_options", "stop", "user", "tools", "tool_choice",
+        "parallel_tool_calls", "n",
+    }
+)  # fmt: skip
 
 
 # -- request ---------------------------------------------------------------------------------------
@@ -86,7 +92,7 @@ def to_messages(canonical: JSONObject, model: str) -> JSONObject:
     choice = _tool_choice(canonical.get("tool_choice"), canonical.get("parallel_tool_calls"))
     if choice is not None:
         out["tool_choice"] = choice
-    dropped = [key for key in _DROPPED if key in canonical]
+    dropped = sorted(canonical.keys() - _MAPPED)
     if dropped:
         log.debug("anthropic: dropped fields Messages has no equivalent for: %s", dropped)
     return out

@@ -10,6 +10,7 @@ Gemini stream has no end marker but the ``finishReason`` of its last event, wher
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -32,7 +33,15 @@ from gateway.sse import SSEEvent
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}  # every other reason is a filter
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRYABLE_KINDS = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED"})
+_MAPPED = frozenset(
+    {
+        "model", "messages", "stream", "stream_options", "temperature", "top_p", "n", "seed",
+        "presence_penalty", "frequency_penalty", "max_tokens", "max_completion_tokens", "stop",
+        "response_format", "tools", "tool_choice",
+    }
+)  # fmt: skip
 _ids = itertools.count(1)
+log = logging.getLogger(__name__)
 
 
 # -- request ---------------------------------------------------------------------------------------
@@ -73,6 +82,9 @@ def to_gemini(canonical: JSONObject) -> JSONObject:
     choice = _tool_config(canonical.get("tool_choice"))
     if choice is not None:
         out["toolConfig"] = {"functionCallingConfig": choice}
+    dropped = sorted(canonical.keys() - _MAPPED)
+    if dropped:
+        log.debug("gemini: dropped fields generateContent has no equivalent for: %s", dropped)
     return out
 
 

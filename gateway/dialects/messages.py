@@ -53,7 +53,12 @@ ERROR_KINDS = frozenset(
         "timeout_error",
     }
 )
-_DROPPED = ("top_k", "thinking", "service_tier", "container", "mcp_servers")
+_MAPPED = frozenset(
+    {
+        "model", "max_tokens", "messages", "system", "temperature", "top_p", "stop_sequences",
+        "stream", "metadata", "tools", "tool_choice",
+    }
+)  # fmt: skip
 
 
 def event(name: str, data: JSONObject) -> bytes:
@@ -116,7 +121,7 @@ def to_canonical(body: JSONObject) -> JSONObject:
         out["tools"] = [_tool(t, f"tools[{i}]") for i, t in enumerate(body["tools"])]
     if body.get("tool_choice") is not None:
         _tool_choice(expect(body["tool_choice"], dict, "tool_choice", "an object"), out)
-    dropped = [key for key in _DROPPED if key in body]
+    dropped = sorted(body.keys() - _MAPPED)
     if dropped:
         log.debug("messages: dropped fields with no chat equivalent: %s", dropped)
     return out

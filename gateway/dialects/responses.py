@@ -11,6 +11,7 @@ needs stored state (``previous_response_id``, ``conversation``, ``background``) 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, ClassVar
 
@@ -22,6 +23,13 @@ from gateway.errors import GatewayError, InvalidRequest
 
 _STATEFUL = ("previous_response_id", "conversation", "background", "prompt")
 _PASSED = ("temperature", "top_p", "parallel_tool_calls", "user", "metadata", "seed")
+_MAPPED = frozenset(
+    {
+        *_STATEFUL, *_PASSED, "model", "input", "instructions", "stream", "max_output_tokens",
+        "tools", "tool_choice", "text", "reasoning", "store", "stream_options",
+    }
+)  # fmt: skip
+log = logging.getLogger(__name__)
 
 
 # -- request ---------------------------------------------------------------------------------------
@@ -68,6 +76,9 @@ def to_canonical(body: JSONObject) -> JSONObject:
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and reasoning.get("effort"):
         out["reasoning_effort"] = reasoning["effort"]
+    dropped = sorted(body.keys() - _MAPPED)
+    if dropped:
+        log.debug("responses: dropped fields with no chat equivalent: %s", dropped)
     return out
 
 
