@@ -21,6 +21,8 @@ from gateway.dialects.base import (
     ProviderError,
     UpstreamRequest,
     UpstreamSettings,
+    bad_request,
+    bad_upstream,
     json_arguments,
     text_of,
 )
@@ -55,6 +57,7 @@ _MAPPED = frozenset(
 # -- request ---------------------------------------------------------------------------------------
 
 
+@bad_request("The request could not be translated for this upstream")
 def to_messages(canonical: JSONObject, model: str) -> JSONObject:
     """A canonical chat request as an Anthropic Messages request."""
     if (canonical.get("n") or 1) > 1:
@@ -198,6 +201,7 @@ class AnthropicDecoder:
         self._calls = 0
         self._usage: JSONObject = {}
 
+    @bad_upstream("The upstream sent an event the gateway could not read")
     def feed(self, event: SSEEvent) -> list[bytes]:
         data = orjson.loads(event.data)
         kind = data.get("type") if isinstance(data, dict) else None
@@ -247,6 +251,7 @@ class AnthropicDecoder:
         return []
 
 
+@bad_upstream("The upstream sent an answer the gateway could not read")
 def completion_from_message(body: bytes) -> JSONObject:
     """An Anthropic ``message`` as a canonical chat completion."""
     message = orjson.loads(body)

@@ -44,16 +44,54 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar
 
 import orjson
 
-from gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamProtocolError
 from gateway.sse import SSEEvent
 
 JSONObject = dict[str, Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+# What reading a JSON value of the wrong shape raises (orjson's decode error is a ValueError).
+SHAPE_ERRORS = (AttributeError, TypeError, KeyError, ValueError, IndexError)
+
+
+def reading(
+    error: Callable[[str], GatewayError], what: str
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Turn a shape error inside the decorated reader into ``error`` (a client or upstream error).
+
+    The safety net behind the field-by-field checks: input of a shape nobody anticipated is
+    refused as bad input, never a traceback.
+    """
+
+    def decorate(reader: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(reader)
+        def read(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return reader(*args, **kwargs)
+            except SHAPE_ERRORS as exc:
+                raise error(f"{what} ({type(exc).__name__}: {exc}).") from exc
+
+        return read
+
+    return decorate
+
+
+def bad_request(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """:func:`reading` for client input: a shape error is a 400."""
+    return reading(InvalidRequest, what)
+
+
+def bad_upstream(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """:func:`reading` for upstream input: a shape error is an upstream protocol error."""
+    return reading(UpstreamProtocolError, what)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from gateway.dialects.base import JSONObject, cached_tokens
+from gateway.dialects.base import JSONObject, bad_upstream, cached_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,7 @@ class Failure:
 Happening = Text | ToolStart | ToolArguments | Finish | Usage | Failure
 
 
+@bad_upstream("The upstream sent a chunk the gateway could not read")
 def read_chunk(payload: bytes) -> list[Happening]:
     """What one canonical chunk payload says, in order."""
     chunk = orjson.loads(payload)
@@ -123,6 +124,7 @@ class Answer:
     usage: Usage
 
 
+@bad_upstream("The upstream sent an answer the gateway could not read")
 def read_completion(body: bytes) -> Answer:
     """The first choice and usage of a canonical ``chat.completion`` body."""
     completion: Any = orjson.loads(body)

@@ -23,6 +23,8 @@ from gateway.dialects.base import (
     ProviderError,
     UpstreamRequest,
     UpstreamSettings,
+    bad_request,
+    bad_upstream,
     json_arguments,
     text_of,
 )
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 # -- request ---------------------------------------------------------------------------------------
 
 
+@bad_request("The request could not be translated for this upstream")
 def to_gemini(canonical: JSONObject) -> JSONObject:
     """A canonical chat request as a ``generateContent`` body."""
     names: dict[str, str] = {}  # tool call id -> function name, for the results that answer it
@@ -207,6 +210,7 @@ class GeminiDecoder:
         self._calls: dict[int, int] = {}  # candidate -> tool calls so far
         self._called: set[int] = set()
 
+    @bad_upstream("The upstream sent an event the gateway could not read")
     def feed(self, event: SSEEvent) -> list[bytes]:
         data = orjson.loads(event.data)
         if not isinstance(data, dict) or "error" in data:
@@ -259,6 +263,7 @@ class GeminiDecoder:
         return []
 
 
+@bad_upstream("The upstream sent an answer the gateway could not read")
 def completion_from_response(body: bytes) -> JSONObject:
     """A ``GenerateContentResponse`` as a canonical chat completion."""
     data = orjson.loads(body)

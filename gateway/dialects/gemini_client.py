@@ -14,7 +14,14 @@ from typing import Any, ClassVar
 import orjson
 
 from gateway.dialects import canonical as c
-from gateway.dialects.base import JSONObject, expect, json_arguments, load_object
+from gateway.dialects.base import (
+    JSONObject,
+    bad_request,
+    bad_upstream,
+    expect,
+    json_arguments,
+    load_object,
+)
 from gateway.errors import GatewayError, InvalidRequest
 
 FINISH_REASONS = {"stop": "STOP", "tool_calls": "STOP", "length": "MAX_TOKENS"}
@@ -37,6 +44,7 @@ def field(obj: JSONObject, name: str) -> Any:
     return obj.get(re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), name))
 
 
+@bad_request("The request could not be read")
 def to_canonical(body: JSONObject, model: str, *, stream: bool) -> JSONObject:
     """A ``generateContent`` body as a canonical chat request."""
     messages: list[JSONObject] = []
@@ -145,6 +153,7 @@ class GeminiEncoder:
         data = {"candidates": candidates, "modelVersion": self._model, "responseId": self._id}
         return b"data: " + orjson.dumps({**data, **extra}) + b"\n\n"
 
+    @bad_upstream("The upstream sent a chunk the gateway could not read")
     def feed(self, chunk: bytes) -> bytes:
         if not self._id:
             head = orjson.loads(chunk)

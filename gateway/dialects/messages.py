@@ -16,6 +16,8 @@ import orjson
 from gateway.dialects import canonical as c
 from gateway.dialects.base import (
     JSONObject,
+    bad_request,
+    bad_upstream,
     expect,
     json_arguments,
     load_object,
@@ -91,6 +93,7 @@ _ERROR_TYPES: dict[type[GatewayError], str] = {
 # -- request ---------------------------------------------------------------------------------------
 
 
+@bad_request("The request could not be read")
 def to_canonical(body: JSONObject) -> JSONObject:
     """A validated Messages request as a canonical chat request."""
     model = require(body, "model", str, "a string")
@@ -236,6 +239,7 @@ class MessagesEncoder:
         self._stop = "end_turn"
         self._usage = c.Usage(0, 0, 0)
 
+    @bad_upstream("The upstream sent a chunk the gateway could not read")
     def feed(self, chunk: bytes) -> bytes:
         out: list[bytes] = []
         if not self._started:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import orjson
 
 from gateway.dialects import canonical as c
-from gateway.dialects.base import JSONObject, expect, load_object, require, text_of
+from gateway.dialects.base import JSONObject, bad_request, expect, load_object, require, text_of
 from gateway.errors import GatewayError, InvalidRequest
 
 _STATEFUL = ("previous_response_id", "conversation", "background", "prompt")
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # -- request ---------------------------------------------------------------------------------------
 
 
+@bad_request("The request could not be read")
 def to_canonical(body: JSONObject) -> JSONObject:
     """A validated Responses request as a canonical chat request."""
     model = require(body, "model", str, "a string")

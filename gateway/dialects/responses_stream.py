@@ -11,7 +11,7 @@ import time
 import orjson
 
 from gateway.dialects import canonical as c
-from gateway.dialects.base import JSONObject
+from gateway.dialects.base import JSONObject, bad_upstream
 from gateway.dialects.responses import (
     _finish,
     call_item,
@@ -69,6 +69,7 @@ class ResponsesEncoder:
             "response.in_progress", {"response": response}
         )
 
+    @bad_upstream("The upstream sent a chunk the gateway could not read")
     def feed(self, chunk: bytes) -> bytes:
         out = [] if self._started else [self._start(chunk)]
         for happening in c.read_chunk(chunk):
