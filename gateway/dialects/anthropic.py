@@ -224,12 +224,12 @@ class AnthropicDecoder:
                 self._calls += 1
                 return [writer.tool_start(position, str(block.get("id")), str(block.get("name")))]
             if block.get("text"):
-                return [writer.delta({"content": block["text"]})]
+                return [writer.text(block["text"])]
             return []
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta":
-                return [writer.delta({"content": delta.get("text", "")})]
+                return [writer.text(str(delta.get("text", "")))]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                 position = self._blocks.get(data.get("index", 0), 0)
                 return [writer.tool_arguments(position, delta["partial_json"])]

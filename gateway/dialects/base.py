@@ -192,7 +192,7 @@ class UpstreamType(Protocol):
 class ChunkWriter:
     """Writes canonical ``chat.completion.chunk`` payloads for one stream (a decoder's output)."""
 
-    __slots__ = ("_head", "id", "model")
+    __slots__ = ("_head", "_text_head", "id", "model")
 
     def __init__(self, *, id: str, model: str, created: int | None = None) -> None:
         self.id = id
@@ -203,6 +203,18 @@ class ChunkWriter:
             "created": int(time.time()) if created is None else created,
             "model": model,
         }
+        # Text deltas are most events: their constant part is encoded once per stream.
+        self._text_head = orjson.dumps(self._head)[:-1] + b',"choices":[{"index":'
+
+    def text(self, content: str, *, index: int = 0) -> bytes:
+        """A text delta (the same bytes ``delta({"content": ...})`` gives, made cheaper)."""
+        return (
+            self._text_head
+            + str(index).encode()
+            + b',"delta":{"content":'
+            + orjson.dumps(content)
+            + b'},"logprobs":null,"finish_reason":null}]}'
+        )
 
     def delta(self, delta: JSONObject, *, index: int = 0, finish: str | None = None) -> bytes:
         """One choice's delta (role, content or tool_calls), optionally with its finish reason."""

@@ -7,23 +7,21 @@ arrived, a tool call started or grew, a choice finished, usage was reported, the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from gateway.dialects.base import JSONObject, bad_upstream, cached_tokens
 
 
-@dataclass(frozen=True, slots=True)
-class Text:
+class Text(NamedTuple):
     """Generated text for one choice."""
 
     choice: int
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class ToolStart:
+class ToolStart(NamedTuple):
     """A tool call began (``position`` is its index among the choice's tool calls)."""
 
     choice: int
@@ -32,8 +30,7 @@ class ToolStart:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class ToolArguments:
+class ToolArguments(NamedTuple):
     """More of a tool call's JSON arguments."""
 
     choice: int
@@ -41,16 +38,14 @@ class ToolArguments:
     fragment: str
 
 
-@dataclass(frozen=True, slots=True)
-class Finish:
+class Finish(NamedTuple):
     """A choice finished with a canonical finish reason."""
 
     choice: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
     """The stream's token counts."""
 
     prompt: int
@@ -58,8 +53,7 @@ class Usage:
     cached: int
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
+class Failure(NamedTuple):
     """The canonical stream carried an error object (an OpenAI-style upstream failed)."""
 
     message: str
@@ -69,9 +63,8 @@ class Failure:
 Happening = Text | ToolStart | ToolArguments | Finish | Usage | Failure
 
 
-@bad_upstream("The upstream sent a chunk the gateway could not read")
 def read_chunk(payload: bytes) -> list[Happening]:
-    """What one canonical chunk payload says, in order."""
+    """What one canonical chunk payload says, in order (encoders guard it with bad_upstream)."""
     chunk = orjson.loads(payload)
     if not isinstance(chunk, dict):
         return []

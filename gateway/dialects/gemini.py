@@ -245,7 +245,7 @@ class GeminiDecoder:
             if part.get("thought"):
                 continue
             if part.get("text"):
-                out.append(writer.delta({"content": part["text"]}, index=index))
+                out.append(writer.text(part["text"], index=index))
             call = part.get("functionCall")
             if isinstance(call, dict):
                 position = self._calls[index]

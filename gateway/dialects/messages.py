@@ -63,6 +63,9 @@ _MAPPED = frozenset(
 )  # fmt: skip
 
 
+_TEXT_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+
+
 def event(name: str, data: JSONObject) -> bytes:
     """One Messages SSE event, with the ``event:`` line the Anthropic SDK dispatches on."""
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
@@ -251,8 +254,13 @@ class MessagesEncoder:
                 continue  # Messages has one answer; other choices are not asked for
             elif isinstance(happening, c.Text):
                 out.append(self._open("text", 0, {"type": "text", "text": ""}))
-                delta = {"type": "text_delta", "text": happening.text}
-                out.append(self._delta(delta))
+                out.append(
+                    _TEXT_DELTA
+                    + str(self._blocks - 1).encode()
+                    + b',"delta":{"type":"text_delta","text":'
+                    + orjson.dumps(happening.text)
+                    + b"}}\n\n"
+                )
             elif isinstance(happening, c.ToolStart):
                 block = {"type": "tool_use", "id": happening.call_id, "name": happening.name}
                 out.append(self._open("tool", happening.position, {**block, "input": {}}))

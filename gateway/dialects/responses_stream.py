@@ -21,6 +21,11 @@ from gateway.dialects.responses import (
 )
 from gateway.errors import GatewayError
 
+_TEXT_DELTA = (
+    b"event: response.output_text.delta\n"
+    b'data: {"type":"response.output_text.delta","sequence_number":'
+)
+
 
 class ResponsesEncoder:
     """One client stream of ``POST /v1/responses``."""
@@ -122,10 +127,21 @@ class ResponsesEncoder:
         if self._open is None:
             return b""  # arguments with no call started: nothing to attach them to
         self._parts.append(fragment)
-        where = self._where()
-        if self._open["type"] == "message":
-            where = {**where, "content_index": 0, "logprobs": []}
-        return self._event(name, {**where, "delta": fragment})
+        if self._open["type"] == "message":  # most events: written without building a dict
+            self._seq += 1
+            framed: bytes = (
+                _TEXT_DELTA
+                + str(self._seq - 1).encode()
+                + b',"item_id":'
+                + orjson.dumps(self._open["id"])
+                + b',"output_index":'
+                + str(len(self._items)).encode()
+                + b',"content_index":0,"logprobs":[],"delta":'
+                + orjson.dumps(fragment)
+                + b"}\n\n"
+            )
+            return framed
+        return self._event(name, {**self._where(), "delta": fragment})
 
     def _close(self) -> bytes:
         item = self._open
