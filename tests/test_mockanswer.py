@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from gateway import mock, mockanswer
 from gateway.dialects.anthropic import AnthropicDecoder
 from gateway.dialects.gemini import GeminiDecoder
-from gateway.errors import UpstreamStatusError
+from gateway.errors import GatewayError, UpstreamStatusError
 from gateway.providers.inprocess import InProcessProvider
 from gateway.sse import SSEParser
 
@@ -105,15 +106,29 @@ def test_prompt_tokens_count_content_parts() -> None:
     assert mockanswer.count_prompt_tokens({"messages": parts}) == 2
 
 
+class Collector:
+    """A BodyConsumer that keeps the body and how it ended."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def body(self, data: bytes) -> None:
+        self.data += data
+
+    def end(self, error: GatewayError | None) -> None:
+        self.ended.set_result(error)
+
+
 async def read_all(provider: InProcessProvider, path: str, request: dict[str, Any]) -> bytes:
     released: list[bool] = []
     response = await provider.send(path, orjson.dumps(request), {}, lambda: released.append(True))
-    raw = b""
-    while chunk := await response.read_chunk():
-        raw += chunk
+    collector = Collector()
+    response.stream_to(collector)
+    assert await collector.ended is None
     response.close()
     assert released == [True]
-    return raw
+    return collector.data
 
 
 async def test_in_process_mock_answers_as_anthropic_and_gemini() -> None:
