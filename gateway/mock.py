@@ -53,6 +53,7 @@ class MockBehaviour:
     error_after: int | None = None
     retry_after: float | None = None
     cached_tokens: int = 0  # reported as prompt_tokens_details.cached_tokens (at most the prompt)
+    honour_max_tokens: bool = True  # False: answer past max_tokens, as a misbehaving upstream may
 
     def merged(self, overrides: Mapping[str, Any]) -> MockBehaviour:
         """A copy with ``overrides`` applied; a ValueError names any bad key or value."""
@@ -119,7 +120,9 @@ def answer_words(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[str]
 
 def answer(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[mockanswer.Choice]:
     """Every choice the mock answers a chat request with (text, JSON or a tool call)."""
-    return mockanswer.plan(body, behaviour.chunks, behaviour.chunk_size)
+    return mockanswer.plan(
+        body, behaviour.chunks, behaviour.chunk_size, honour_limit=behaviour.honour_max_tokens
+    )
 
 
 def expected_text(body: Mapping[str, Any], defaults: MockBehaviour | None = None) -> str:

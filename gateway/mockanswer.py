@@ -136,8 +136,10 @@ def _json_document(body: Mapping[str, Any], rng: random.Random) -> str | None:
     return None
 
 
-def plan(body: Mapping[str, Any], chunks: int, chunk_size: int) -> list[Choice]:
-    """Every choice of the answer to a chat request."""
+def plan(
+    body: Mapping[str, Any], chunks: int, chunk_size: int, *, honour_limit: bool = True
+) -> list[Choice]:
+    """Every choice of the answer to a chat request (cut at max_tokens if ``honour_limit``)."""
     n = body.get("n")
     count = n if isinstance(n, int) and not isinstance(n, bool) else 1
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -161,7 +163,7 @@ def plan(body: Mapping[str, Any], chunks: int, chunk_size: int) -> list[Choice]:
         else:
             pieces = words(body, chunks, chunk_size, index)
         finish = "stop"
-        if limit is not None and len(pieces) > limit:
+        if honour_limit and limit is not None and len(pieces) > limit:
             pieces, finish = pieces[:limit], "length"
         choices.append(Choice(pieces, None, finish))
     return choices

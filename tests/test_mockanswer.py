@@ -68,6 +68,8 @@ def test_n_max_tokens_and_json_formats() -> None:
     cut = mock.answer(body(max_tokens=2), BEHAVIOUR)[0]
     assert cut.pieces == one[0].pieces[:2] and cut.finish == "length"
     assert mock.answer(body(max_completion_tokens=6), BEHAVIOUR)[0].finish == "stop"
+    unruly = mock.MockBehaviour(chunks=6, honour_max_tokens=False)
+    assert mock.answer(body(max_tokens=2), unruly)[0].pieces == one[0].pieces
     document = mock.answer(body(response_format={"type": "json_object"}), BEHAVIOUR)[0]
     assert set(orjson.loads(document.text)) == {"answer"}
     schema = {"type": "object", "properties": {"city": {"type": "string"}}}
