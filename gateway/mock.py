@@ -14,24 +14,23 @@ each piece is encoded once per stream, and unpaced events are batched into ~16 K
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import itertools
 import math
-import random
+import struct
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import orjson
 
+from gateway import mockanswer
+
 MOCK_MODELS: tuple[str, ...] = ("mock-gpt", "mock-gpt-mini", "mock-embed")
 BATCH_BYTES = 16 * 1024
-_VOCABULARY = (
-    "the quick brown fox jumps over a lazy dog while streams of tokens flow through the gateway "
-    "to every patient reader who waits for words that arrive one by one like rain on a quiet "
-    "roof and each small piece carries meaning forward until the answer is whole again"
-).split()
+DONE_EVENT = b"data: [DONE]\n\n"
 _HEADER_PREFIX = "x-mock-"
 _ids = itertools.count(1)
 
@@ -57,6 +56,8 @@ class MockBehaviour:
     # Each event its own write and HTTP chunk, as OpenAI and vLLM flush them (benchmarks), and
     # ``delay`` kept as a fixed schedule (event n at n * delay) so the mock's own lag never adds up.
     unbatched: bool = False
+    cached_tokens: int = 0  # reported as prompt_tokens_details.cached_tokens (at most the prompt)
+    honour_max_tokens: bool = True  # False: answer past max_tokens, as a misbehaving upstream may
 
     def merged(self, overrides: Mapping[str, Any]) -> MockBehaviour:
         """A copy with ``overrides`` applied; a ValueError names any bad key or value."""
@@ -116,50 +117,39 @@ def behaviour_for(
 # -- content ---------------------------------------------------------------------------------------
 
 
-def _source_text(body: Mapping[str, Any]) -> Any:
-    return body.get("messages", body.get("prompt", body.get("input")))
-
-
 def answer_words(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[str]:
     """The answer's pieces, deterministic in (model, messages or prompt, seed)."""
-    key = orjson.dumps(
-        [body.get("model"), _source_text(body), body.get("seed")], option=orjson.OPT_SORT_KEYS
+    return mockanswer.words(body, behaviour.chunks, behaviour.chunk_size)
+
+
+def answer(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[mockanswer.Choice]:
+    """Every choice the mock answers a chat request with (text, JSON or a tool call)."""
+    return mockanswer.plan(
+        body, behaviour.chunks, behaviour.chunk_size, honour_limit=behaviour.honour_max_tokens
     )
-    digest = hashlib.blake2b(key, digest_size=8).digest()
-    rng = random.Random(int.from_bytes(digest, "big"))
-    pieces: list[str] = []
-    for index in range(behaviour.chunks):
-        words = " ".join(rng.choices(_VOCABULARY, k=behaviour.chunk_size))
-        pieces.append(words if index == 0 else " " + words)
-    return pieces
 
 
 def expected_text(body: Mapping[str, Any], defaults: MockBehaviour | None = None) -> str:
     """The full text the mock answers ``body`` with (what a client should end up with)."""
-    return "".join(answer_words(body, behaviour_for(defaults or DEFAULT_BEHAVIOUR, body, {})))
+    behaviour = behaviour_for(defaults or DEFAULT_BEHAVIOUR, body, {})
+    if "messages" in body:
+        return answer(body, behaviour)[0].text
+    return "".join(answer_words(body, behaviour))
 
 
-def count_prompt_tokens(body: Mapping[str, Any]) -> int:
-    """A whitespace word count of the prompt, messages or input: the mock's idea of tokens."""
-    source = _source_text(body)
-    texts: list[str] = []
-    if isinstance(source, str):
-        texts.append(source)
-    elif isinstance(source, list):
-        for item in source:
-            if isinstance(item, str):
-                texts.append(item)
-            elif isinstance(item, Mapping) and isinstance(item.get("content"), str):
-                texts.append(item["content"])
-    return sum(len(text.split()) for text in texts)
+count_prompt_tokens = mockanswer.count_prompt_tokens
 
 
-def _usage(body: Mapping[str, Any], completion_tokens: int) -> dict[str, int]:
+def _usage(
+    body: Mapping[str, Any], completion_tokens: int, behaviour: MockBehaviour | None = None
+) -> dict[str, Any]:
     prompt = count_prompt_tokens(body)
+    cached = min(prompt, behaviour.cached_tokens) if behaviour else 0
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
     }
 
 
@@ -186,22 +176,45 @@ def _chat_events(body: Mapping[str, Any], behaviour: MockBehaviour) -> Iterator[
         f'data: {{"id":"chatcmpl-mock-{next(_ids)}","object":"chat.completion.chunk",'
         f'"created":{int(time.time())},"model":{model},"choices":'
     ).encode()
-    piece_head = head + b'[{"index":0,"delta":{"content":'
-    piece_tail = b'},"logprobs":null,"finish_reason":null}]}\n\n'
-    yield (
-        head
-        + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
-        + b'"finish_reason":null}]}\n\n',
-        0,
-    )
-    pieces = answer_words(body, behaviour)
-    for piece in pieces:
-        yield piece_head + orjson.dumps(piece) + piece_tail, 1
-    yield head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}\n\n', 0
+    choices = answer(body, behaviour)
+    tail = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+    for index, choice in enumerate(choices):
+        role = b'"role":"assistant","content":' + (b"null" if choice.tool else b'""')
+        yield head + b'[{"index":%d,"delta":{' % index + role + tail, 0
+    for index, choice in enumerate(choices):
+        if choice.tool is not None:
+            yield from _tool_events(head, index, choice.tool)
+    piece_heads = [head + b'[{"index":%d,"delta":{"content":' % i for i in range(len(choices))]
+    longest = max(len(choice.pieces) for choice in choices)
+    for position in range(longest):
+        for index, choice in enumerate(choices):
+            if position < len(choice.pieces):
+                yield piece_heads[index] + orjson.dumps(choice.pieces[position]) + tail, 1
+    for index, choice in enumerate(choices):
+        finish = b'[{"index":%d,"delta":{},"logprobs":null,"finish_reason":"%s"}]}\n\n'
+        yield head + finish % (index, choice.finish.encode()), 0
     if _wants_usage(body):
-        usage = orjson.dumps(_usage(body, len(pieces)))
+        tokens = sum(choice.tokens for choice in choices)
+        usage = orjson.dumps(_usage(body, tokens, behaviour))
         yield head + b'[],"usage":' + usage + b"}\n\n", 0
     yield b"data: [DONE]\n\n", 0
+
+
+def _tool_events(head: bytes, index: int, call: mockanswer.ToolCall) -> Iterator[tuple[bytes, int]]:
+    """The chunks of one streamed tool call: id and name first, then the argument pieces."""
+    function = {"name": call.name, "arguments": ""}
+    deltas: list[dict[str, Any]] = [
+        {"index": 0, "id": call.id, "type": "function", "function": function}
+    ]
+    deltas.extend({"index": 0, "function": {"arguments": piece}} for piece in call.pieces)
+    for position, delta in enumerate(deltas):
+        choice = {
+            "index": index,
+            "delta": {"tool_calls": [delta]},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+        yield head + orjson.dumps([choice]) + b"}\n\n", 1 if position else 0
 
 
 def _completion_events(
@@ -238,6 +251,7 @@ async def _paced(
     events: Iterator[tuple[bytes, int]],
     behaviour: MockBehaviour,
     progress: StreamProgress,
+    error_event: bytes = _ERROR_EVENT,
 ) -> AsyncIterator[bytes]:
     """Apply pacing, batching and failure injection to a sequence of events."""
     batch: list[bytes] = []
@@ -250,7 +264,7 @@ async def _paced(
                 yield b"".join(batch)
             raise MockDisconnect
         if behaviour.error_after is not None and sent >= behaviour.error_after:
-            batch.append(_ERROR_EVENT)
+            batch.append(error_event)
             progress.events += 1
             yield b"".join(batch)
             return
@@ -303,6 +317,25 @@ def chat_stream(
     return _paced(_chat_events(body, behaviour), behaviour, progress or StreamProgress())
 
 
+def translated_stream(
+    body: Mapping[str, Any],
+    behaviour: MockBehaviour,
+    translate: Callable[[bytes | None], bytes],
+    error_event: bytes,
+    progress: StreamProgress | None = None,
+) -> AsyncIterator[bytes]:
+    """A chat stream in another API's dialect: ``translate`` gets each chunk payload, then None
+    for the end; ``error_event`` is that dialect's mid-stream failure (``error_after``)."""
+
+    def events() -> Iterator[tuple[bytes, int]]:
+        for data, pieces in _chat_events(body, behaviour):
+            out = translate(None if data == DONE_EVENT else data[6:-2])
+            if out:
+                yield out, pieces
+
+    return _paced(events(), behaviour, progress or StreamProgress(), error_event)
+
+
 def completion_stream(
     body: Mapping[str, Any],
     behaviour: MockBehaviour,
@@ -314,21 +347,27 @@ def completion_stream(
 
 def chat_completion(body: Mapping[str, Any], behaviour: MockBehaviour) -> dict[str, Any]:
     """A non-streaming chat completion."""
-    pieces = answer_words(body, behaviour)
+    choices = answer(body, behaviour)
+    rendered = []
+    for index, choice in enumerate(choices):
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text or None}
+        if choice.tool is None:
+            message["content"] = choice.text
+        else:
+            function = {"name": choice.tool.name, "arguments": choice.tool.arguments}
+            message["tool_calls"] = [
+                {"id": choice.tool.id, "type": "function", "function": function}
+            ]
+        rendered.append(
+            {"index": index, "message": message, "logprobs": None, "finish_reason": choice.finish}
+        )
     return {
         "id": f"chatcmpl-mock-{next(_ids)}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model"),
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(pieces)},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": _usage(body, len(pieces)),
+        "choices": rendered,
+        "usage": _usage(body, sum(choice.tokens for choice in choices), behaviour),
     }
 
 
@@ -357,7 +396,11 @@ def embeddings(body: Mapping[str, Any]) -> dict[str, Any]:
         digest = hashlib.blake2b(orjson.dumps(item), digest_size=64).digest()
         raw = [digest[i % len(digest)] - 127.5 for i in range(dimensions)]
         norm = math.sqrt(sum(v * v for v in raw)) or 1.0
-        data.append({"object": "embedding", "index": index, "embedding": [v / norm for v in raw]})
+        vector = [v / norm for v in raw]
+        encoded: Any = vector
+        if body.get("encoding_format") == "base64":
+            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
     prompt = count_prompt_tokens(body)
     return {
         "object": "list",

@@ -20,10 +20,14 @@ import orjson
 import uvloop
 from aiohttp import web
 
-from gateway import mock
+from gateway import mock, mockdialect
+from gateway.dialects import messages
+from gateway.dialects.base import load_object
+from gateway.errors import GatewayError
 
 MAX_RECORDS = 10_000
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")  # upstream keys other than Bearer
 
 
 @dataclass
@@ -256,6 +260,101 @@ async def _embeddings(request: web.Request) -> web.Response:
     return web.json_response(mock.embeddings(body))
 
 
+async def _azure(request: web.Request) -> web.StreamResponse:
+    """Azure OpenAI: the chat mock under the deployment's path, which needs ``api-version``."""
+    if not request.query.get("api-version"):
+        return _error(404, "Resource not found (the api-version query parameter is missing).")
+    return await _completion(request)
+
+
+async def _anthropic(request: web.Request) -> web.StreamResponse:
+    """Anthropic Messages (``POST /v1/messages``), streamed or not."""
+    return await _in_dialect(request, mockdialect.ANTHROPIC, "", None)
+
+
+async def _count_tokens(request: web.Request) -> web.Response:
+    """Anthropic's ``POST /v1/messages/count_tokens``: the mock's word count of the prompt."""
+    try:
+        canonical = messages.to_canonical({"max_tokens": 1, **load_object(await request.read())})
+    except GatewayError as exc:
+        error = mockdialect.anthropic_error(exc.http_status, exc.message)
+        return web.json_response(error, status=exc.http_status)
+    return web.json_response({"input_tokens": mock.count_prompt_tokens(canonical)})
+
+
+async def _gemini(request: web.Request) -> web.StreamResponse:
+    """Gemini ``{model}:generateContent`` and ``{model}:streamGenerateContent?alt=sse``."""
+    target = mockdialect.gemini_target(request.match_info["target"])
+    if target is None:
+        body = mockdialect.gemini_error(404, "Unknown method.")
+        return web.json_response(body, status=404)
+    model, stream = target
+    return await _in_dialect(request, mockdialect.GEMINI, model, stream)
+
+
+async def _in_dialect(
+    request: web.Request, dialect: mockdialect.MockDialect, model: str, stream: bool | None
+) -> web.StreamResponse:
+    state = request.app[MOCK_STATE]
+    raw = await request.read()
+    native = mockdialect.raw_object(raw)
+    key = next((request.headers[h] for h in _KEY_HEADERS if h in request.headers), None)
+    try:
+        canonical = dialect.parse(raw, model, bool(stream))
+        defaults = state.defaults_for(f"Bearer {key}" if key else None)
+        behaviour = mock.behaviour_for(defaults, native, request.headers)
+    except (GatewayError, ValueError) as exc:
+        status = exc.http_status if isinstance(exc, GatewayError) else 400
+        return web.json_response(dialect.error_body(status, str(exc)), status=status)
+    record = state.begin(request, native)
+    record.model = str(canonical.get("model"))
+    record.stream = bool(canonical.get("stream"))
+    try:
+        return await _answer_in_dialect(request, dialect, canonical, behaviour, record)
+    except (asyncio.CancelledError, ConnectionError):
+        state.end(record, "disconnected")
+        raise
+    finally:
+        state.end(record, "completed")
+
+
+async def _answer_in_dialect(
+    request: web.Request,
+    dialect: mockdialect.MockDialect,
+    canonical: dict[str, Any],
+    behaviour: mock.MockBehaviour,
+    record: RecordedRequest,
+) -> web.StreamResponse:
+    state = request.app[MOCK_STATE]
+    if behaviour.first_byte_delay:
+        await asyncio.sleep(behaviour.first_byte_delay)
+    if behaviour.fail_status is not None:
+        state.end(record, "failed")
+        failure = dialect.error_body(behaviour.fail_status, f"mock failure {behaviour.fail_status}")
+        refusal = web.json_response(failure, status=behaviour.fail_status)
+        if behaviour.retry_after is not None:
+            refusal.headers["Retry-After"] = f"{behaviour.retry_after:g}"
+        return refusal
+    if not record.stream:
+        body, record.completion_tokens_sent = dialect.answer(canonical, behaviour)
+        return web.Response(body=body, content_type="application/json")
+    progress = mock.StreamProgress()
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    try:
+        async for data in dialect.stream(canonical, behaviour, progress):
+            await response.write(data)
+            record.events_sent = progress.events
+            record.completion_tokens_sent = progress.pieces
+    except mock.MockDisconnect:
+        state.end(record, "failed")
+        assert request.transport is not None
+        request.transport.abort()
+    if behaviour.error_after is not None and progress.events > behaviour.error_after:
+        state.end(record, "failed")
+    return response
+
+
 async def _models(request: web.Request) -> web.Response:
     data = [
         {"id": m, "object": "model", "created": 0, "owned_by": "mock"} for m in mock.MOCK_MODELS
@@ -311,6 +410,12 @@ def make_mock_app(defaults: mock.MockBehaviour = mock.DEFAULT_BEHAVIOUR) -> web.
     app.router.add_post("/v1/completions", _completion)
     app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_get("/v1/models", _models)
+    app.router.add_post("/v1/messages", _anthropic)
+    app.router.add_post("/v1/messages/count_tokens", _count_tokens)
+    app.router.add_post("/v1beta/models/{target}", _gemini)
+    app.router.add_post("/v1/models/{target}", _gemini)  # google-genai 3 defaults to v1
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", _azure)
+    app.router.add_post("/openai/deployments/{deployment}/embeddings", _embeddings)
     app.router.add_get("/health", _health)
     app.router.add_get("/_mock/requests", _requests)
     app.router.add_get("/_mock/stats", _stats)

@@ -142,6 +142,16 @@ def mock_upstream(tmp_path: Path) -> Iterator[Proc]:
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """One real mock process for a whole test module; tests restore any behaviour they set."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("mock") / "mock.log"
+    proc = start_process(gateway_command("mock-upstream", "--port", str(port)), port, log_path)
+    yield proc
+    proc.stop()
+
+
 def write_config(tmp_path: Path, mock_url: str, *, server: str = "", deployment: str = "") -> Path:
     """A gateway config with one deployment `mock` on the mock upstream serving `mock-gpt`."""
     path = tmp_path / "gateway.yaml"

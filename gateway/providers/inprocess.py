@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import orjson
 
-from gateway import mock
+from gateway import mock, mockdialect
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -121,17 +121,27 @@ class InProcessProvider:
         release: Callable[[], None],
     ) -> InProcessResponse:
         """Open a response as the mock server would, raising what a failing upstream raises."""
+        dialect = mockdialect.for_path(path)
         try:
             request = orjson.loads(body)
             behaviour = mock.behaviour_for(self._defaults, request, headers)
+            if dialect is not None:
+                request = dialect[0].parse(body, dialect[1], bool(dialect[2]))
         except ValueError as exc:
             release()
             raise InvalidRequest(str(exc), param="mock") from None
+        except GatewayError:
+            release()
+            raise
         try:
             if behaviour.first_byte_delay:
                 await asyncio.sleep(behaviour.first_byte_delay)
             if behaviour.fail_before_first_byte:
                 raise UpstreamUnreachable("The upstream closed the connection before answering.")
+            if behaviour.fail_status is not None and dialect is not None:
+                message = f"mock failure {behaviour.fail_status}"
+                failure = orjson.dumps(dialect[0].error_body(behaviour.fail_status, message))
+                raise UpstreamStatusError(behaviour.fail_status, failure)
             if behaviour.fail_status is not None:
                 error = {
                     "error": {
@@ -151,6 +161,12 @@ class InProcessProvider:
             release()
             raise
         stream = bool(request.get("stream"))
+        if dialect is not None:
+            speaker = dialect[0]
+            if stream:
+                return InProcessResponse(release, chunks=speaker.stream(request, behaviour))
+            return InProcessResponse(release, body=speaker.answer(request, behaviour)[0])
+        path = _azure_route(path)
         if path == "/chat/completions":
             if stream:
                 return InProcessResponse(release, chunks=mock.chat_stream(request, behaviour))
@@ -164,3 +180,12 @@ class InProcessProvider:
                 release, body=orjson.dumps(mock.text_completion(request, behaviour))
             )
         return InProcessResponse(release, body=orjson.dumps(mock.embeddings(request)))
+
+
+def _azure_route(path: str) -> str:
+    """An Azure deployment path (``/deployments/{d}/chat/completions?api-version=...``) as the
+    OpenAI path it mirrors; any other path as it is."""
+    route = path.split("?", 1)[0]
+    if route.startswith("/deployments/") and route.count("/") >= 3:
+        return "/" + route.split("/", 3)[3]
+    return route

@@ -47,6 +47,7 @@ from gateway.web.middlewares import (
     error_middleware,
     request_id_middleware,
 )
+from gateway.web.models import MODEL_CATALOG, ModelCatalog, model_catalog
 from gateway.web.streams import STREAMS
 
 log = logging.getLogger("gateway.web")
@@ -91,14 +92,16 @@ def make_app(
     )
     # Started in this order, stopped in reverse: stats are flushed before the store closes.
     app[CACHE] = ResponseCache(config.cache, _cache_backend(config, store_now))
-    app[handlers.MODELS_BODY] = handlers.RenderedModels()
+    app[MODEL_CATALOG] = ModelCatalog(config)
     app[STREAMS] = ResumableStreams(
         config.streams,
         RedisLogs(store_now.client, prefix=config.store.redis_prefix, settings=config.streams)
         if isinstance(store_now, RedisStore)
         else None,
     )
-    app.cleanup_ctx.extend([_store, _sidecar, _limiter, _cache, _upstream_pool, _load_monitor])
+    app.cleanup_ctx.extend(
+        [_store, _sidecar, _limiter, _cache, _upstream_pool, _load_monitor, model_catalog]
+    )
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain_streams)
     app.on_shutdown.append(_end_resumable_streams)

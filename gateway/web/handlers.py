@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 from aiohttp import web
 
 from gateway import metrics
@@ -32,21 +28,12 @@ from gateway.web.auth import API_KEY
 from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, LOAD, ROUTER, STORE, WORKER_STATE
 from gateway.web.limits import admit, over_capacity, overloaded
 from gateway.web.middlewares import RESPONSE_HEADERS
+from gateway.web.models import MODEL_CATALOG
 from gateway.web.streams import start_resumable, wants_resumable
 
 log = logging.getLogger("gateway.web")
 
 
-@dataclass(slots=True)
-class RenderedModels:
-    """GET /v1/models as last rendered."""
-
-    at: float = -math.inf
-    body: bytes = b""
-
-
-MODELS_BODY = web.AppKey("models_body", RenderedModels)
-_CREATED = int(time.time())
 CLOSE = {"Connection": "close"}
 
 
@@ -68,25 +55,26 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 MODELS_TTL = 300.0
 
 
+def _allowed_models(request: web.Request) -> tuple[str, ...] | None:
+    record = request.get(API_KEY)
+    return None if record is None else record.models
+
+
 async def list_models(request: web.Request) -> web.Response:
-    """GET /v1/models: the configured client-facing model names, rendered once per 5 minutes."""
-    now = time.monotonic()
-    rendered = request.app[MODELS_BODY]
-    if now - rendered.at > MODELS_TTL:
-        names = request.app[CONFIG].listed_models()
-        rendered.body = orjson.dumps({"object": "list", "data": [_model_object(n) for n in names]})
-        rendered.at = now
-    response = web.Response(body=rendered.body, content_type="application/json")
+    """GET /v1/models: configured names and pass-through upstreams' own, as the key may use."""
+    body = request.app[MODEL_CATALOG].body(_allowed_models(request))
+    response = web.Response(body=body, content_type="application/json")
     response.headers["Cache-Control"] = f"max-age={int(MODELS_TTL)}"
     return response
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """GET /v1/models/{model}."""
+    """GET /v1/models/{model}: agrees with the list."""
     name = request.match_info["model"]
-    if name not in request.app[CONFIG].listed_models():
+    entry = request.app[MODEL_CATALOG].find(name, _allowed_models(request))
+    if entry is None:
         raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
-    return web.json_response(_model_object(name))
+    return web.json_response(entry)
 
 
 PLAYGROUND = Path(__file__).parent / "static" / "index.html"
@@ -121,10 +109,6 @@ async def ready(request: web.Request) -> web.Response:
     if request.app[WORKER_STATE].draining:
         return web.json_response({"status": "draining"}, status=503)
     return web.json_response({"status": "ready"})
-
-
-def _model_object(name: str) -> dict[str, object]:
-    return {"id": name, "object": "model", "created": _CREATED, "owned_by": "llm-gateway"}
 
 
 async def read_body(request: web.Request, settings: ServerSettings) -> bytes:

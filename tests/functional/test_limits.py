@@ -107,8 +107,10 @@ async def test_token_budget_is_overshot_by_at_most_one_request(
     gateway: Proc = start_gateway(
         "--config", str(write_config(tmp_path, mock_upstream.url)), env=sqlite_env
     )
-    # The mock ignores max_tokens, so each answer is larger than its estimate.
-    body = chat_body("mock-gpt", stream=False, max_tokens=30, mock={"chunks": 120})
+    # The mock is told to ignore max_tokens, so each answer is larger than its estimate.
+    body = chat_body(
+        "mock-gpt", stream=False, max_tokens=30, mock={"chunks": 120, "honour_max_tokens": False}
+    )
     used: list[int] = []
     refused = None
     async with aiohttp.ClientSession() as session:
