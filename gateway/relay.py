@@ -16,15 +16,17 @@ holds at most about ``HIGH_WATER`` plus one upstream read in memory, whatever th
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Awaitable
 
+import orjson
 from aiohttp import web
 
 from gateway import metrics
 from gateway.config import ServerSettings
-from gateway.errors import GatewayError, ServiceUnavailable, UpstreamTimeout
+from gateway.dialects.base import ClientEncoder
+from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from gateway.source import KEEPALIVE_COMMENT, EventSource
+from gateway.sse import DONE
 from gateway.stream import OpenedUpstream, StreamOutcome, Termination
 
 SSE_HEADERS = {
@@ -40,7 +42,7 @@ DRAIN_POLL = 0.025
 class StreamHandle:
     """A live stream as the worker sees it, so a shutdown can end it."""
 
-    __slots__ = ("__weakref__", "aborting", "task")
+    __slots__ = ("aborting", "task")
 
     def __init__(self, task: asyncio.Task[object]) -> None:
         self.task = task
@@ -56,7 +58,8 @@ class LiveStreams:
     """The streams a worker is relaying. Shutdown gives them a grace period, then ends them."""
 
     def __init__(self) -> None:
-        self._handles: weakref.WeakSet[StreamHandle] = weakref.WeakSet()
+        # A plain set: relay_stream always discards its handle (a WeakSet entry cost ~700 B).
+        self._handles: set[StreamHandle] = set()
         self._changed = asyncio.Event()
 
     def __len__(self) -> int:
@@ -103,12 +106,14 @@ async def relay_stream(
     live: LiveStreams,
     outcome: StreamOutcome,
     strip_usage: bool = False,
+    encoder: ClientEncoder | None = None,
 ) -> web.StreamResponse:
     """Wait for the upstream stream (``opening``), relay it to the client, return the response.
 
     Raises a GatewayError only while no header has been sent; ``outcome`` says how it ended.
+    ``encoder`` writes the canonical events in another client dialect (Responses, Messages).
     """
-    relay = ClientRelay(request, settings, outcome, strip_usage)
+    relay = ClientRelay(request, settings, outcome, strip_usage, encoder)
     task = asyncio.current_task()
     assert task is not None
     handle = StreamHandle(task)
@@ -128,6 +133,7 @@ class ClientRelay:
     __slots__ = (
         "_waiter",
         "chunked",
+        "encoder",
         "ended",
         "error",
         "gone",
@@ -148,8 +154,10 @@ class ClientRelay:
         settings: ServerSettings,
         outcome: StreamOutcome,
         strip_usage: bool,
+        encoder: ClientEncoder | None = None,
     ) -> None:
         self.request = request
+        self.encoder = encoder
         self.settings = settings
         self.outcome = outcome
         self.strip_usage = strip_usage
@@ -281,7 +289,10 @@ class ClientRelay:
                     if isinstance(error, UpstreamTimeout)
                     else Termination.UPSTREAM_ERROR
                 )
-            self._write(b"data: " + error.to_json() + b"\n\n")
+            if self.encoder is not None:
+                self._write(self.encoder.error(error))
+            else:
+                self._write(b"data: " + error.to_json() + b"\n\n")
         if self.gone:
             return
         try:
@@ -314,9 +325,28 @@ class ClientRelay:
     # -- Sink: called from the source -------------------------------------------------------------
 
     def deliver(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
+        if self.encoder is not None:
+            self._translate(payloads)
+            return
         if usage_only and self.strip_usage:
             return
         self._write(framed)
+
+    def _translate(self, payloads: list[bytes]) -> None:
+        """Canonical events in the client's dialect; [DONE] becomes the dialect's own end."""
+        encoder = self.encoder
+        assert encoder is not None
+        parts: list[bytes] = []
+        for data in payloads:
+            if data == DONE:
+                parts.append(encoder.done())
+            elif data.startswith(b'{"error"'):
+                parts.append(encoder.error(upstream_error_of(data)))
+            else:
+                parts.append(encoder.feed(data))
+        out = b"".join(parts)
+        if out:
+            self._write(out)
 
     def keepalive(self) -> None:
         self._write(KEEPALIVE_COMMENT)
@@ -350,3 +380,12 @@ class ClientRelay:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def upstream_error_of(data: bytes) -> GatewayError:
+    """An upstream's own error event, as an error another dialect can render."""
+    try:
+        message = str(orjson.loads(data)["error"]["message"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        message = "The upstream reported an error."
+    return UpstreamError(message)

@@ -8,6 +8,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 
 from gateway import metrics
@@ -16,6 +17,8 @@ from gateway.cache.flight import Flight
 from gateway.cache.policy import decide
 from gateway.cache.service import CACHE_DEPLOYMENT, ResponseCache
 from gateway.config import Deployment, ModelRoute, ServerSettings
+from gateway.dialects import CLIENT_DIALECTS
+from gateway.dialects.messages import MessagesDialect
 from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestTimeout
 from gateway.keys import check_model
 from gateway.openai import Endpoint, ParsedRequest, parse_request, usage_in_body
@@ -27,7 +30,7 @@ from gateway.web.accounting import RECORD, SIDECAR
 from gateway.web.auth import API_KEY
 from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, LOAD, ROUTER, STORE, WORKER_STATE
 from gateway.web.limits import admit, over_capacity, overloaded
-from gateway.web.middlewares import RESPONSE_HEADERS
+from gateway.web.middlewares import CLIENT_DIALECT, RESPONSE_HEADERS
 from gateway.web.models import MODEL_CATALOG
 from gateway.web.streams import start_resumable, wants_resumable
 
@@ -50,6 +53,27 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def embeddings(request: web.Request) -> web.StreamResponse:
     """POST /v1/embeddings."""
     return await _proxy(request, Endpoint.EMBEDDINGS)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """POST /v1/responses (OpenAI Responses API, stateless), translated to and from chat."""
+    request[CLIENT_DIALECT] = CLIENT_DIALECTS["responses"]
+    return await _proxy(request, Endpoint.CHAT)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """POST /v1/messages (Anthropic Messages), translated to and from chat."""
+    request[CLIENT_DIALECT] = CLIENT_DIALECTS["messages"]
+    return await _proxy(request, Endpoint.CHAT)
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    """POST /v1/messages/count_tokens: the gateway's estimate of a Messages prompt."""
+    dialect = CLIENT_DIALECTS["messages"]
+    request[CLIENT_DIALECT] = dialect
+    raw = await read_body(request, request.app[CONFIG].server)
+    assert isinstance(dialect, MessagesDialect)
+    return web.Response(body=dialect.count_tokens(raw), content_type="application/json")
 
 
 MODELS_TTL = 300.0
@@ -149,7 +173,11 @@ async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
 async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     config = request.app[CONFIG]
     record = request[RECORD]
-    parsed = parse_request(await read_body(request, config.server), endpoint)
+    raw = await read_body(request, config.server)
+    dialect = request.get(CLIENT_DIALECT)
+    if dialect is not None:
+        raw = orjson.dumps(dialect.parse_request(raw))  # the canonical chat request
+    parsed = parse_request(raw, endpoint)
     record.body = parsed.body
     route = config.route_for(parsed.model)
     if route is None:
@@ -202,7 +230,8 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     record.usage = usage_in_body(opened.body)
     if flight is not None and decision.store and flight.clean:
         headers["X-Gateway-Cache"] = "stored"
-    return web.Response(body=opened.body, status=opened.status, content_type="application/json")
+    body = opened.body if dialect is None else dialect.completion_to_client(opened.body)
+    return web.Response(body=body, status=opened.status, content_type="application/json")
 
 
 def _opener(
@@ -238,27 +267,30 @@ def _opener(
 
 
 async def _relay(
-    request: web.Request, opening: Awaitable[OpenedUpstream], client_wants_usage: bool
+    request: web.Request, opening: Awaitable[OpenedUpstream], parsed: ParsedRequest
 ) -> web.StreamResponse:
     record = request[RECORD]
     record.stream = StreamOutcome()
+    dialect = request.get(CLIENT_DIALECT)
     return await relay_stream(
         request,
         opening,
         settings=request.app[CONFIG].server,
         live=request.app[LIVE_STREAMS],
         outcome=record.stream,
-        strip_usage=not client_wants_usage,
+        strip_usage=not parsed.client_wants_usage,
+        encoder=None if dialect is None else dialect.encoder(model=parsed.model),
     )
 
 
 async def _stream(
     request: web.Request, opening: Awaitable[OpenedUpstream], parsed: ParsedRequest
 ) -> web.StreamResponse:
-    """Relay the stream, or run it as a resumable stream with an event log."""
-    if wants_resumable(request, parsed.model):
+    """Relay the stream, or run it as a resumable stream with an event log (chat clients: the
+    log is served in the canonical dialect)."""
+    if CLIENT_DIALECT not in request and wants_resumable(request, parsed.model):
         return await start_resumable(request, opening, parsed.client_wants_usage)
-    return await _relay(request, opening, parsed.client_wants_usage)
+    return await _relay(request, opening, parsed)
 
 
 async def _serve_hit(
@@ -280,9 +312,12 @@ async def _serve_hit(
             request, cache.replay_stream(entry, paced=paced, keepalive=keepalive), parsed
         )
     body = cache.replay_body(entry)
+    dialect = request.get(CLIENT_DIALECT)
     record.deployment = CACHE_DEPLOYMENT.name
     record.answered_at = asyncio.get_running_loop().time()
     record.usage = usage_in_body(body)
+    if dialect is not None:
+        body = dialect.completion_to_client(body)
     return web.Response(body=body, content_type="application/json")
 
 

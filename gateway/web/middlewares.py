@@ -14,6 +14,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.dialects.base import ClientDialect
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -42,12 +43,16 @@ RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])
 _REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def error_response(error: GatewayError) -> web.Response:
-    """The OpenAI-shaped JSON answer for an error."""
+# The client dialect of a /v1/responses or /v1/messages request: its errors are in that shape.
+CLIENT_DIALECT = web.RequestKey("client_dialect", ClientDialect)
+
+
+def error_response(error: GatewayError, dialect: ClientDialect | None = None) -> web.Response:
+    """The JSON answer for an error: OpenAI-shaped, or in the client's dialect."""
     headers = dict(error.headers)
     close = headers.pop("Connection", "").lower() == "close"
     response = web.Response(
-        body=error.to_json(),
+        body=error.to_json() if dialect is None else dialect.error_body(error),
         status=error.http_status,
         content_type="application/json",
         headers=headers,
@@ -74,7 +79,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         record = request.get(RECORD)
         if record is not None:
             record.error = exc
-        return error_response(exc)
+        return error_response(exc, request.get(CLIENT_DIALECT))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
