@@ -40,7 +40,7 @@ from gateway.web.keys import (
     WORKER_STATE,
     WorkerState,
 )
-from gateway.web.limits import LIMIT_SCOPES, LIMITER
+from gateway.web.limits import LIMIT_SCOPES, LIMITER, shed_middleware
 from gateway.web.middlewares import (
     add_response_headers,
     cors_middleware,
@@ -67,6 +67,7 @@ def make_app(
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[
+            shed_middleware,
             request_id_middleware,
             accounting_middleware,
             error_middleware,

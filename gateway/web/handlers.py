@@ -28,8 +28,8 @@ from gateway.store import StoreUnavailable
 from gateway.stream import OpenedUpstream, StreamOutcome, UpstreamResponse
 from gateway.web.accounting import RECORD, SIDECAR
 from gateway.web.auth import API_KEY
-from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, LOAD, ROUTER, STORE, WORKER_STATE
-from gateway.web.limits import admit, over_capacity, overloaded
+from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
+from gateway.web.limits import admit, over_capacity
 from gateway.web.middlewares import CLIENT_DIALECT, RESPONSE_HEADERS
 from gateway.web.models import MODEL_CATALOG
 from gateway.web.streams import start_resumable, wants_resumable
@@ -160,9 +160,6 @@ async def _proxy(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     cap = request.app[CONFIG].server.request_cap
     if worker.in_flight >= cap:
         raise over_capacity(cap)
-    shed = request.app[LOAD].overloaded
-    if shed is not None:
-        raise overloaded(shed)
     worker.in_flight += 1
     try:
         return await _serve(request, endpoint)

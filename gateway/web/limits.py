@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway import metrics
 from gateway.config import LimitSettings
@@ -21,6 +22,7 @@ from gateway.openai import ParsedRequest, estimate_prompt_tokens
 from gateway.ratelimit import RateLimiter, Slot, Verdict, Window
 from gateway.stats import StatsEvent
 from gateway.store.base import KeyRecord
+from gateway.web.keys import LOAD
 from gateway.web.middlewares import RESPONSE_HEADERS
 
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
@@ -167,14 +169,30 @@ def _headers(verdict: Verdict) -> dict[str, str]:
     }
 
 
-def overloaded(reason: str) -> ServiceUnavailable:
-    """Load shedding: the worker is behind (event-loop lag or a long listen queue)."""
-    metrics.SHED.labels(reason).inc()
-    return ServiceUnavailable(
-        "This gateway worker is overloaded; try again shortly.",
-        code="overloaded",
-        headers={"Retry-After": "1"},
-    )
+OVERLOADED = ServiceUnavailable(
+    "This gateway worker is overloaded; try again shortly.",
+    code="overloaded",
+    headers={"Retry-After": "1"},
+)
+_OVERLOADED_BODY = OVERLOADED.to_json()
+
+
+@web.middleware
+async def shed_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Load shedding, first of all middlewares: while the worker is behind (event-loop lag or a
+    long listen queue) a /v1 POST gets a ready-made 503 at once. It skips the rest on purpose:
+    a shed request costs no stats event, only its count in llm_gateway_shed_total."""
+    if request.method == "POST" and request.path.startswith("/v1/"):
+        reason = request.app[LOAD].overloaded
+        if reason is not None:
+            metrics.SHED.labels(reason).inc()
+            return web.Response(
+                body=_OVERLOADED_BODY,
+                status=503,
+                content_type="application/json",
+                headers={"Retry-After": "1"},
+            )
+    return await handler(request)
 
 
 def over_capacity(cap: int) -> ServiceUnavailable:
