@@ -42,7 +42,7 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    """One upstream endpoint speaking the OpenAI dialect."""
+    """One upstream endpoint and the API it speaks (``type``: openai, azure, anthropic, gemini)."""
 
     name: str
     base_url: str
@@ -55,6 +55,8 @@ class Deployment:
         default=(), repr=False
     )  # a pool, rotated; api_key is the first
     breaker: BreakerSettings = BreakerSettings()
+    type: str = "openai"
+    api_version: str | None = None  # Azure's api-version, Anthropic's anthropic-version
 
     @property
     def in_process(self) -> bool:
@@ -289,7 +291,10 @@ _ENV_ALIASES = {
     "master_key": ["auth", "master_key"],
 }
 _RAW_STRING_KEYS = {"redis_url", "master_key", "api_key", "path"}
+UPSTREAM_TYPE_NAMES = ("openai", "azure", "anthropic", "gemini")
 _DEPLOYMENT_KEYS = {
+    "type",
+    "api_version",
     "base_url",
     "api_key",
     "api_keys",
@@ -659,6 +664,10 @@ def _build_deployment(
             minimum=1,
         ),
         weight=_positive(spec.get("weight", 1.0), f"{prefix}.weight", source),
+        type=_choice(spec.get("type", "openai"), UPSTREAM_TYPE_NAMES, f"{prefix}.type", source),
+        api_version=None
+        if spec.get("api_version") is None
+        else _string(spec["api_version"], f"{prefix}.api_version", source),
     )
 
 
@@ -723,6 +732,14 @@ def _build_hedge(raw: Any, key: str, source: str) -> HedgeSettings:
 
 
 # -- value checks ---------------------------------------------------------------------------------
+
+
+def _choice(value: Any, choices: tuple[str, ...], key: str, source: str) -> str:
+    if value not in choices:
+        raise ConfigError(
+            f"{source}: {key}: must be one of {', '.join(choices)}, got {_shown(value)}"
+        )
+    return str(value)
 
 
 def _reject_unknown(raw: Mapping[str, Any], known: set[str], prefix: str, source: str) -> None:

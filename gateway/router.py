@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from gateway import metrics
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.config import Config, Deployment, ModelRoute
+from gateway.dialects import UPSTREAM_TYPES
 from gateway.errors import (
     GatewayError,
     ServiceUnavailable,
@@ -120,7 +121,18 @@ class Opened:
     hedges_lost: int = 0  # of the requests raced, how many were cancelled (their prompt is paid)
 
 
-BodyFor = Callable[[ModelRoute], bytes]
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """What to send one deployment: the body, and where the deployment's type wants it."""
+
+    body: bytes
+    path: str | None = None  # None: the endpoint's own path
+    headers: Mapping[str, str] | None = None
+    api_key: str | None = None  # for the pool's Bearer header (OpenAI-style deployments)
+
+
+# The request for a deployment, given the route it serves and the upstream key picked for it.
+BodyFor = Callable[[ModelRoute, Deployment, str | None], UpstreamCall]
 MakeSource = Callable[[UpstreamResponse, Deployment], EventSource]
 
 
@@ -291,8 +303,9 @@ class Router:
     ) -> Opened:
         """One try: the answer's headers, then its first event (a stream) or its body."""
         deployment = attempt.health.deployment
+        call = body_for(attempt.route, deployment, key or None)
         response = await self._upstreams.send(
-            deployment, path, body_for(attempt.route), api_key=key or None
+            deployment, call.path or path, call.body, headers=call.headers, api_key=call.api_key
         )
         if make_source is not None:
             source = make_source(response, deployment)
@@ -321,7 +334,10 @@ class Router:
         """Apply a failed attempt to the breaker and the key pool. Returns the error when the
         request may go elsewhere; raises it when the request itself is at fault."""
         if isinstance(error, UpstreamStatusError):
-            if error.upstream_status not in self._retry.statuses:
+            kind = UPSTREAM_TYPES[health.deployment.type]
+            if error.upstream_status not in self._retry.statuses and not kind.retryable(
+                error.upstream_status, error.body
+            ):
                 health.breaker.release()  # the request is at fault, not the deployment
                 raise error
             if error.upstream_status == 429:
@@ -330,7 +346,9 @@ class Router:
             else:
                 self._failed(health, counted)
             return error
-        if isinstance(error, UpstreamUnreachable | UpstreamTimeout | UpstreamProtocolError):
+        if isinstance(error, UpstreamUnreachable | UpstreamTimeout | UpstreamProtocolError) or (
+            getattr(error, "retryable", False)  # a provider's own "overloaded" error event
+        ):
             self._failed(health, counted)
             return error
         health.breaker.release()

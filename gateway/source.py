@@ -22,9 +22,10 @@ import bisect
 from collections.abc import Callable, Sequence
 
 from gateway.config import Deployment
+from gateway.dialects.base import UpstreamDecoder
 from gateway.errors import GatewayError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from gateway.openai import Usage, carries_content, usage_in_event
-from gateway.sse import DONE, EventTooLarge, SSEParser, encode_comment, encode_event
+from gateway.sse import DONE, EventTooLarge, SSEEvent, SSEParser, encode_comment, encode_event
 from gateway.stream import Sink, Termination, UpstreamResponse
 
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -68,6 +69,7 @@ class EventSource:
         "_timer",
         "_wake_at",
         "content_events",
+        "decoder",
         "deployment",
         "done",
         "error",
@@ -99,6 +101,7 @@ class EventSource:
         keepalive: float,
         gaps: GapCounts | None = None,
         record_limit: int = 0,
+        decoder: UpstreamDecoder | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -113,6 +116,7 @@ class EventSource:
         self._backlog: list[tuple[bytes, list[bytes], bool]] = []
         self.offsets: list[float] = []  # per backlog item, seconds after the first event
         self.record_limit = record_limit
+        self.decoder = decoder  # a provider's own events -> canonical chunks (None: OpenAI's)
         self.recorded_bytes = 0
         self.recording = True
         self.first: asyncio.Future[None] = loop.create_future()
@@ -212,11 +216,30 @@ class EventSource:
             return
         try:
             events = self.parser.feed(data)
+            if self.decoder is not None and events:
+                events = self._decode(events)
         except EventTooLarge as exc:
             self._fail(UpstreamProtocolError(f"The upstream sent an oversized event: {exc}"))
             return
-        if not events:
+        except GatewayError as exc:  # the provider's own error event, or garbage in its place
+            self._fail(exc)
             return
+        if events:
+            self._process(events)
+
+    def _decode(self, events: list[SSEEvent]) -> list[SSEEvent]:
+        """A provider's events as canonical chat chunks; its end marker as [DONE]."""
+        decoder = self.decoder
+        assert decoder is not None
+        out: list[SSEEvent] = []
+        for event in events:
+            out.extend(SSEEvent(payload) for payload in decoder.feed(event))
+            if decoder.finished:
+                out.append(SSEEvent(DONE))
+                break
+        return out
+
+    def _process(self, events: list[SSEEvent]) -> None:
         now = self._loop.time()
         if self.first_event_at is None:
             self.first_event_at = now
@@ -259,6 +282,15 @@ class EventSource:
 
     def end(self, error: GatewayError | None) -> None:
         if self.done:
+            return
+        if error is None and self.decoder is not None:
+            # Some providers (Gemini) end a stream by ending the body: ask the decoder.
+            try:
+                events = [SSEEvent(payload) for payload in self.decoder.at_eof()]
+            except GatewayError as exc:
+                self._fail(exc)
+                return
+            self._process([*events, SSEEvent(DONE)])
             return
         self._fail(error or UpstreamProtocolError("The upstream ended the stream before [DONE]."))
 

@@ -19,7 +19,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from gateway.router import Router
+from gateway.router import Router, UpstreamCall
 
 
 class ScriptedUpstreams:
@@ -108,8 +108,8 @@ def route(cfg: Config, name: str) -> ModelRoute:
     return found
 
 
-def body_for(serving: ModelRoute) -> bytes:
-    return serving.name.encode()
+def body_for(serving: ModelRoute, deployment: Deployment, key: str | None) -> UpstreamCall:
+    return UpstreamCall(serving.name.encode(), api_key=key)
 
 
 def server_error(status: int = 500, retry_after: str | None = None) -> UpstreamStatusError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import orjson
@@ -16,22 +16,22 @@ from gateway.cache.entry import CacheEntry
 from gateway.cache.flight import Flight
 from gateway.cache.policy import decide
 from gateway.cache.service import CACHE_DEPLOYMENT, ResponseCache
-from gateway.config import Deployment, ModelRoute, ServerSettings
+from gateway.config import ServerSettings
 from gateway.dialects import CLIENT_DIALECTS
 from gateway.dialects.messages import MessagesDialect
 from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestTimeout
 from gateway.keys import check_model
 from gateway.openai import Endpoint, ParsedRequest, parse_request, usage_in_body
 from gateway.relay import relay_stream
-from gateway.source import EventSource, GapCounts
 from gateway.store import StoreUnavailable
-from gateway.stream import OpenedUpstream, StreamOutcome, UpstreamResponse
+from gateway.stream import OpenedUpstream, StreamOutcome
 from gateway.web.accounting import RECORD, SIDECAR
 from gateway.web.auth import API_KEY
 from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
 from gateway.web.limits import admit, over_capacity
 from gateway.web.middlewares import CLIENT_DIALECT, RESPONSE_HEADERS
 from gateway.web.models import MODEL_CATALOG
+from gateway.web.opener import opener
 from gateway.web.streams import start_resumable, wants_resumable
 
 log = logging.getLogger("gateway.web")
@@ -204,7 +204,7 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     headers["X-Gateway-Cache"] = "bypass" if decision.bypass else "miss"
     # A stream shared with coalesced clients or stored in the cache is recorded while it runs.
     shared = not decision.bypass and (decision.store or config.cache.coalesce)
-    open_upstream = _opener(request, route, parsed, record_limit=(
+    open_upstream = opener(request, route, parsed, record_limit=(
         config.cache.max_object_bytes if shared else 0
     ))  # fmt: skip
     flight: Flight | None = None
@@ -229,38 +229,6 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         headers["X-Gateway-Cache"] = "stored"
     body = opened.body if dialect is None else dialect.completion_to_client(opened.body)
     return web.Response(body=body, status=opened.status, content_type="application/json")
-
-
-def _opener(
-    request: web.Request, route: ModelRoute, parsed: ParsedRequest, *, record_limit: int
-) -> Callable[[], Awaitable[OpenedUpstream]]:
-    """How this request reaches its upstream: the router, with an event source per stream."""
-    app = request.app
-    server = app[CONFIG].server
-    publish_gaps = metrics.publish_inter_event(parsed.model)
-
-    def body_for(serving: ModelRoute) -> bytes:
-        return parsed.upstream_body(serving.upstream_name(parsed.model))
-
-    def make_source(response: UpstreamResponse, deployment: Deployment) -> EventSource:
-        return EventSource(
-            response,
-            deployment,
-            keepalive=server.keepalive_interval,
-            gaps=GapCounts(metrics.INTER_EVENT_BOUNDS, publish_gaps),
-            record_limit=record_limit,
-        )
-
-    def open_upstream() -> Awaitable[OpenedUpstream]:
-        return app[ROUTER].open(
-            route,
-            parsed.endpoint.value,
-            body_for,
-            make_source=make_source if parsed.stream else None,
-            body_limit=server.max_upstream_body_bytes,
-        )
-
-    return open_upstream
 
 
 async def _relay(
