@@ -216,28 +216,33 @@ class EventSource:
             return
         try:
             events = self.parser.feed(data)
-            if self.decoder is not None and events:
-                events = self._decode(events)
         except EventTooLarge as exc:
             self._fail(UpstreamProtocolError(f"The upstream sent an oversized event: {exc}"))
             return
-        except GatewayError as exc:  # the provider's own error event, or garbage in its place
-            self._fail(exc)
-            return
+        failure: GatewayError | None = None
+        if self.decoder is not None and events:
+            events, failure = self._decode(events)
         if events:
             self._process(events)
+        if failure is not None and not self.done:
+            self._fail(failure)  # after what the same read delivered before it
 
-    def _decode(self, events: list[SSEEvent]) -> list[SSEEvent]:
-        """A provider's events as canonical chat chunks; its end marker as [DONE]."""
+    def _decode(self, events: list[SSEEvent]) -> tuple[list[SSEEvent], GatewayError | None]:
+        """A provider's events as canonical chat chunks (its end marker as [DONE]), and its own
+        error event (or garbage in its place) if one came."""
         decoder = self.decoder
         assert decoder is not None
         out: list[SSEEvent] = []
         for event in events:
-            out.extend(SSEEvent(payload) for payload in decoder.feed(event))
+            try:
+                payloads = decoder.feed(event)
+            except GatewayError as exc:
+                return out, exc
+            out.extend(SSEEvent(payload) for payload in payloads)
             if decoder.finished:
                 out.append(SSEEvent(DONE))
                 break
-        return out
+        return out, None
 
     def _process(self, events: list[SSEEvent]) -> None:
         now = self._loop.time()

@@ -8,7 +8,7 @@ dialect. The far end must get the mock's exact text, the exact tool call and the
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +18,8 @@ import openai
 import pytest
 
 from gateway import mock, mockanswer
-from tests.conftest import Proc
-from tests.translator import translator
+from tests.conftest import Proc, free_port, gateway_command, start_process
+from tests.translator import ROOTS, translator
 
 QUESTION = "what is the weather like in lisbon today"
 MODEL = "mock-gpt"
@@ -61,11 +61,46 @@ async def set_behaviour(proc: Proc, behaviour: dict[str, Any]) -> None:
         assert answer.status == 200
 
 
-@pytest.fixture
-async def gateway(shared_mock: Proc) -> AsyncIterator[str]:
-    """The translating fake gateway in front of the shared mock."""
-    async with translator(shared_mock.url) as url:
-        yield url
+@pytest.fixture(scope="module")
+def real_gateways(
+    shared_mock: Proc, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """A real `llm-gateway serve` per upstream type, each routing `mock-gpt` to a deployment of
+    that type on the shared mock."""
+    started: list[Proc] = []
+    urls: dict[str, str] = {}
+    directory = tmp_path_factory.mktemp("gateways")
+    for kind, root in ROOTS.items():
+        config = directory / f"{kind}.yaml"
+        config.write_text(
+            f"deployments:\n  up: {{type: {kind}, base_url: '{shared_mock.url}{root}', "
+            f"api_key: sk-up}}\nmodels:\n  {MODEL}: {{deployments: [up]}}\n"
+        )
+        port = free_port()
+        proc = start_process(
+            gateway_command("serve", "--port", str(port), "--config", str(config)),
+            port,
+            directory / f"{kind}.log",
+            {"LLM_GATEWAY_STORE__PATH": str(directory / f"{kind}.sqlite3")},
+        )
+        started.append(proc)
+        urls[kind] = proc.url
+    yield urls
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(params=["translator", "gateway"])
+async def gateway(
+    request: pytest.FixtureRequest, shared_mock: Proc, real_gateways: dict[str, str]
+) -> AsyncIterator[Callable[[str], str]]:
+    """Where to ask, per upstream type: the translating fake gateway (the translators alone) or
+    the real gateway (the stream engine with the translators in it)."""
+    if request.param == "gateway":
+        yield real_gateways.__getitem__
+    else:
+        async with translator(shared_mock.url) as url:
+            yield lambda upstream: url
     await set_behaviour(shared_mock, {})
 
 
@@ -160,8 +195,11 @@ async def via_messages(client: Any, stream: bool, tools: bool) -> Result:
 CLIENTS = {"chat": via_chat, "responses": via_responses, "messages": via_messages}
 
 
-async def ask(url: str, client: str, upstream: str, stream: bool, tools: bool) -> Result:
+async def ask(
+    gateway: Callable[[str], str], client: str, upstream: str, stream: bool, tools: bool
+) -> Result:
     """Ask the question with the client's SDK, routed to ``upstream``."""
+    url = gateway(upstream)
     headers = {"X-Upstream-Type": upstream}
     sdk: Any
     if client == "messages":
@@ -182,7 +220,9 @@ UPSTREAMS = ("openai", "azure", "anthropic", "gemini")
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
 @pytest.mark.parametrize("upstream", UPSTREAMS)
 @pytest.mark.parametrize("client", sorted(CLIENTS))
-async def test_text_arrives_whole(gateway: str, client: str, upstream: str, stream: bool) -> None:
+async def test_text_arrives_whole(
+    gateway: Callable[[str], str], client: str, upstream: str, stream: bool
+) -> None:
     """The mock's exact text and usage reach every client through every upstream type."""
     result = await ask(gateway, client, upstream, stream, False)
     assert result.text == mock.expected_text(CANONICAL)
@@ -194,7 +234,7 @@ async def test_text_arrives_whole(gateway: str, client: str, upstream: str, stre
 @pytest.mark.parametrize("upstream", UPSTREAMS)
 @pytest.mark.parametrize("client", sorted(CLIENTS))
 async def test_tool_call_arrives_whole(
-    gateway: str, client: str, upstream: str, stream: bool
+    gateway: Callable[[str], str], client: str, upstream: str, stream: bool
 ) -> None:
     """A tool call (name and JSON arguments, streamed in pieces) survives every translation."""
     result = await ask(gateway, client, upstream, stream, True)
@@ -205,7 +245,7 @@ async def test_tool_call_arrives_whole(
 @pytest.mark.parametrize("upstream", UPSTREAMS)
 @pytest.mark.parametrize("client", sorted(CLIENTS))
 async def test_cached_tokens_reported(
-    gateway: str, shared_mock: Proc, client: str, upstream: str
+    gateway: Callable[[str], str], shared_mock: Proc, client: str, upstream: str
 ) -> None:
     """Cached prompt tokens reported by each provider reach each client's own usage field."""
     await set_behaviour(shared_mock, {"defaults": {"cached_tokens": 5}})
@@ -214,8 +254,9 @@ async def test_cached_tokens_reported(
     assert result.prompt_tokens == PROMPT_TOKENS
 
 
-async def failure_seen(url: str, client: str, upstream: str) -> str:
+async def failure_seen(gateway: Callable[[str], str], client: str, upstream: str) -> str:
     """Stream the question and return the message of the error the client's SDK reports."""
+    url = gateway(upstream)
     headers = {"X-Upstream-Type": upstream}
     if client == "messages":
         async with anthropic.AsyncAnthropic(
@@ -250,8 +291,12 @@ async def failure_seen(url: str, client: str, upstream: str) -> str:
 @pytest.mark.parametrize("upstream", UPSTREAMS)
 @pytest.mark.parametrize("client", sorted(CLIENTS))
 async def test_mid_stream_failure_is_the_clients_error_event(
-    gateway: str, shared_mock: Proc, client: str, upstream: str
+    gateway: Callable[[str], str], shared_mock: Proc, client: str, upstream: str
 ) -> None:
-    """A provider's own mid-stream error event reaches each client as its dialect's error."""
-    await set_behaviour(shared_mock, {"defaults": {"error_after": 4}})
+    """A provider's own mid-stream error event reaches each client as its dialect's error.
+
+    After 8 of the mock's events, so that text has reached the client through every provider
+    (the real gateway answers an error before the first event with an HTTP status instead).
+    """
+    await set_behaviour(shared_mock, {"defaults": {"error_after": 8}})
     assert "mid-stream" in await failure_seen(gateway, client, upstream)
