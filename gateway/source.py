@@ -214,6 +214,33 @@ class EventSource:
     def body(self, data: bytes) -> None:
         if self.done:
             return
+        if (
+            self.decoder is None
+            and self.first_event_at is not None
+            and self.parser.whole_data_event(data)
+        ):
+            # The hot path: one ordinary event per read, already canonical; no list, no reframe.
+            payload = data[6:-2]
+            if (
+                payload != DONE
+                and _USAGE_MARK not in payload
+                and not payload.startswith(_ERROR_PREFIX)
+            ):
+                now = self._loop.time()
+                if self.gaps is not None:
+                    self.gaps.add(now - self.last_event_at)
+                self.last_event_at = self.last_delivery = now
+                if carries_content(payload):
+                    self.content_events += 1
+                self.events += 1
+                payloads = [payload]
+                if self.recording:
+                    self._record(data, payloads, False)
+                for sink in self.sinks:
+                    sink.deliver(data, payloads, False)
+                    if self.done:
+                        break
+                return
         try:
             events = self.parser.feed(data)
         except EventTooLarge as exc:

@@ -69,6 +69,24 @@ class SSEParser:
         self._pending = 0  # bytes in the data buffer (each line plus its LF)
         self._comments = 0
 
+    def whole_data_event(self, chunk: bytes) -> bool:
+        """Whether ``chunk`` is exactly one canonical ``data: ...`` event with nothing pending:
+        the shape real upstreams send (one event per write), and already in canonical framing."""
+        return (
+            chunk[-2:] == b"\n\n"
+            and chunk[:6] == b"data: "
+            and not self._partial
+            and not self._data
+            and self._started
+            and not self._after_cr
+            and self._event is None
+            and self._id is None
+            and self._retry is None
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+            and len(chunk) <= self._max
+        )
+
     @property
     def pending_bytes(self) -> int:
         """Bytes held for an event that is not complete yet."""
@@ -87,21 +105,7 @@ class SSEParser:
         """
         if not chunk:
             return []  # must not clear _after_cr: an LF may still follow
-        if (
-            # The shape real upstreams send: one whole `data: ...` event per chunk.
-            chunk[-2:] == b"\n\n"
-            and chunk[:6] == b"data: "
-            and not self._partial
-            and not self._data
-            and self._started
-            and not self._after_cr
-            and self._event is None
-            and self._id is None
-            and self._retry is None
-            and chunk.count(b"\n") == 2
-            and b"\r" not in chunk
-            and len(chunk) <= self._max
-        ):
+        if self.whole_data_event(chunk):
             return [SSEEvent(chunk[6:-2])]
         if not self._started:
             chunk = self._strip_bom(chunk)
