@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from gateway import metrics
+from gateway.attempts import ObservedUpstreams
 from gateway.breaker import BreakerState
 from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from gateway.cache.service import ResponseCache
@@ -50,6 +53,9 @@ from gateway.web.middlewares import (
 from gateway.web.models import MODEL_CATALOG, ModelCatalog, model_catalog
 from gateway.web.streams import STREAMS
 
+if TYPE_CHECKING:
+    from gateway.telemetry import Tracing
+
 log = logging.getLogger("gateway.web")
 STATIC = Path(__file__).parent / "static"
 
@@ -64,12 +70,14 @@ def make_app(
 
     ``upstreams`` and ``store`` replace the real ones (tests pass fakes or their own).
     """
+    tracing = _tracing(config)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[
             shed_middleware,
             request_id_middleware,
             accounting_middleware,
+            *([tracing.middleware(config)] if tracing is not None else []),
             error_middleware,
             cors_middleware,
             auth_middleware,
@@ -81,7 +89,8 @@ def make_app(
     app[LOAD] = LoadMonitor(max_lag=config.server.shed_lag, max_queue=config.server.shed_queue)
     app[POOL] = upstreams or UpstreamPool(config)
     app[STORE] = store or make_store(config.store)
-    app[ROUTER] = Router(config, app[POOL], app[POOL].in_flight)
+    # The router sends through a wrapper that counts attempts, warns on failures and traces.
+    app[ROUTER] = Router(config, ObservedUpstreams(app[POOL], tracing), app[POOL].in_flight)
     app[SIDECAR] = StatsSidecar(app[STORE], config.stats)
     app[AUTHENTICATOR] = Authenticator(app[STORE], config.auth, config.store)
     store_now = app[STORE]
@@ -103,6 +112,8 @@ def make_app(
     app.cleanup_ctx.extend(
         [_store, _sidecar, _limiter, _cache, _upstream_pool, _load_monitor, model_catalog]
     )
+    if tracing is not None:
+        app.cleanup_ctx.append(_telemetry(tracing))
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain_streams)
     app.on_shutdown.append(_end_resumable_streams)
@@ -126,16 +137,56 @@ def make_app(
     return app
 
 
+def _tracing(config: Config) -> Tracing | None:
+    """The worker's tracer when telemetry is enabled; OpenTelemetry is imported only then."""
+    if not config.telemetry.enabled:
+        return None
+    from gateway.telemetry import Tracing
+
+    try:
+        return Tracing(config.telemetry)
+    except ImportError as exc:
+        raise ConfigError(
+            "telemetry.enabled needs the otel extra: pip install 'llm-gateway[otel]'"
+        ) from exc
+
+
+def _telemetry(tracing: Tracing) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        tracing.activate()
+        log.info("tracing on", extra={"endpoint": app[CONFIG].telemetry.endpoint})
+        yield
+        # The exporter's last flush blocks on HTTP: off the loop, after the streams ended.
+        await asyncio.to_thread(tracing.shutdown)
+
+    return run
+
+
 async def _store(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
+    where = describe(app[CONFIG].store)
     try:
         await store.open()
     except StoreUnavailable as exc:
         # Not fatal: stats stay buffered and key lookups fail closed until the store answers.
-        log.error("store unreachable at start-up", extra={"store": describe(app[CONFIG].store),
-                                                            "error": str(exc)})  # fmt: skip
+        log.error("store unreachable at start-up", extra={"store": where, "error": str(exc)})
+    else:
+        await _log_auth(app, where)
     yield
     await store.close()
+
+
+async def _log_auth(app: web.Application, where: str) -> None:
+    """Say at start-up whether /v1 needs a key, and why: auth turns on by itself once keys exist."""
+    auth = app[CONFIG].auth
+    if auth.mode != "auto":
+        log.info(f"auth {auth.mode} (auth.mode)", extra={"store": where})
+    elif app[CONFIG].store.shared:
+        log.info("auth on: the store is shared (Redis)", extra={"store": where})
+    elif await app[AUTHENTICATOR].required():
+        log.info("auth on: API keys exist in the key store", extra={"store": where})
+    else:
+        log.info("auth off: no API keys in the key store", extra={"store": where})
 
 
 async def _sidecar(app: web.Application) -> AsyncIterator[None]:
