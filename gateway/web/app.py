@@ -64,13 +64,17 @@ FINAL_FLUSH_SECONDS = 10.0
 
 
 def make_app(
-    config: Config, *, upstreams: Upstreams | None = None, store: Store | None = None
+    config: Config,
+    *,
+    upstreams: Upstreams | None = None,
+    store: Store | None = None,
+    tracing: Tracing | None = None,
 ) -> web.Application:
     """Build the application: routes, middlewares, the store, the stats sidecar, the upstream pool.
 
-    ``upstreams`` and ``store`` replace the real ones (tests pass fakes or their own).
+    ``upstreams``, ``store`` and ``tracing`` replace the real ones (tests pass fakes or their own).
     """
-    tracing = _tracing(config)
+    tracing = tracing or _tracing(config)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[
