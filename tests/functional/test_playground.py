@@ -201,7 +201,8 @@ async def test_two_turn_conversation_with_settings_and_usage_figures(
 
 MARKDOWN = """## Streaming **gateways**
 
-Use `relay_stream()` and read [the docs](https://example.com/docs) or [this](javascript:alert(1)).
+Use `relay_stream()` (or snake_case_names) and read
+[the docs](https://example.com/docs) or [this](javascript:alert(1)).
 
 1. first
 2. second
@@ -249,6 +250,7 @@ async def test_markdown_is_rendered_and_raw_html_stays_text(
     links = await answer.locator("a").evaluate_all("as => as.map(a => a.href)")
     assert links == ["https://example.com/docs"]  # the javascript: link stays text
     assert await answer.locator("img, script, b").count() == 0
+    assert await answer.locator("strong").count() == 1 and await answer.locator("em").count() == 0
     assert "<img src=x" in (await answer.text_content() or "")
     assert await page.evaluate("window.__owned") is None
     await answer.locator(".code-block .copy").click()
@@ -301,3 +303,11 @@ async def test_key_reloads_models_and_no_model_is_explained(
     await page.fill("#key", key)
     await page.wait_for_function("document.querySelector('#model option[value=\"demo\"]')")
     assert await page.is_enabled("#send")
+    await page.fill("#prompt", "Snippet question")
+    await page.click("#show-code summary")  # the current request as curl and openai SDK code
+    curl = await page.text_content("#code-curl") or ""
+    python = await page.text_content("#code-python") or ""
+    assert f"{gateway.url}/v1/chat/completions" in curl and '"model": "demo"' in curl
+    assert '"content": "Snippet question"' in curl and "$LLM_GATEWAY_KEY" in curl
+    assert 'model="demo"' in python and f'base_url="{gateway.url}/v1"' in python
+    assert key not in curl + python  # the key is never put into copied code

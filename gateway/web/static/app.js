@@ -99,10 +99,11 @@ function showFigures() {
   const usage = state.usage;
   if (usage) {
     $("tokens").textContent = `${usage.prompt_tokens} / ${usage.completion_tokens}`;
-    const seconds = (state.lastAt - state.firstAt) / 1000;
-    // One token in a burst has no rate; otherwise completion tokens over the streaming time.
-    $("tps").textContent = seconds > 0 && usage.completion_tokens > 1
-      ? ((usage.completion_tokens - 1) / seconds).toFixed(1) : "–";
+    // Completion tokens (as the gateway reports them) over the time from sending to the last
+    // token: a figure that stays honest when a fast answer arrives in one burst.
+    const seconds = (state.lastAt - state.sentAt) / 1000;
+    $("tps").textContent = seconds > 0 && state.lastAt
+      ? (usage.completion_tokens / seconds).toFixed(1) : "–";
   }
   $("resumes").textContent = String(state.resumes);
 }

@@ -13,7 +13,8 @@ const Markdown = (() => {
 
   const SAFE_LINK = /^(https?:|mailto:)/i;
   // Inline spans, first match wins: code, bold, italic, links.
-  const INLINE = /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|_([^_\s][^_]*)_|\[([^\]]+)\]\(([^)\s]+)\)/;
+  // Underscores inside a word (snake_case, __dunder__ in code) are not emphasis.
+  const INLINE = /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\*\*([^*]+)\*\*|(?<!\w)__([^_]+)__(?!\w)|\*([^*\s][^*]*)\*|(?<!\w)_([^_\s][^_]*)_(?!\w)|\[([^\]]+)\]\(([^)\s]+)\)/;
 
   function inline(text, parent) {
     while (text) {
