@@ -168,29 +168,14 @@ def _telemetry(tracing: Tracing) -> Callable[[web.Application], AsyncIterator[No
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
-    where = describe(app[CONFIG].store)
     try:
         await store.open()
     except StoreUnavailable as exc:
         # Not fatal: stats stay buffered and key lookups fail closed until the store answers.
-        log.error("store unreachable at start-up", extra={"store": where, "error": str(exc)})
-    else:
-        await _log_auth(app, where)
+        log.error("store unreachable at start-up", extra={"store": describe(app[CONFIG].store),
+                                                            "error": str(exc)})  # fmt: skip
     yield
     await store.close()
-
-
-async def _log_auth(app: web.Application, where: str) -> None:
-    """Say at start-up whether /v1 needs a key, and why: auth turns on by itself once keys exist."""
-    auth = app[CONFIG].auth
-    if auth.mode != "auto":
-        log.info(f"auth {auth.mode} (auth.mode)", extra={"store": where})
-    elif app[CONFIG].store.shared:
-        log.info("auth on: the store is shared (Redis)", extra={"store": where})
-    elif await app[AUTHENTICATOR].required():
-        log.info("auth on: API keys exist in the key store", extra={"store": where})
-    else:
-        log.info("auth off: no API keys in the key store", extra={"store": where})
 
 
 async def _sidecar(app: web.Application) -> AsyncIterator[None]:
