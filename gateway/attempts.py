@@ -15,7 +15,7 @@ from gateway.errors import GatewayError
 from gateway.upstream import UpstreamResponse, Upstreams
 
 if TYPE_CHECKING:
-    from gateway.telemetry import Tracing
+    from gateway.web.telemetry import Tracing
 
 
 class ObservedUpstreams:

@@ -1,8 +1,8 @@
 """Trace context for upstream requests: what the upstream client adds to its request headers.
 
-Kept apart from gateway/telemetry.py so the upstream client can call it without importing the web
-layer or OpenTelemetry: with tracing off, :func:`trace_headers` is one global read and an empty
-mapping.
+Kept apart from gateway/web/telemetry.py so the upstream client can call it without importing
+the web layer or OpenTelemetry: with tracing off, :func:`trace_headers` is one global read and an
+empty mapping.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from opentelemetry.trace import SpanKind
 from gateway import propagation
 from gateway.config import Deployment, TelemetrySettings, load_config
 from gateway.store.sqlite import SQLiteStore
-from gateway.telemetry import Tracing
 from gateway.web import make_app
+from gateway.web.telemetry import Tracing
 from tests.fakes import FakeUpstreams, ScriptedResponse, Step
 
 Client = TestClient  # type: ignore[type-arg]
@@ -149,7 +149,7 @@ def test_tracing_off_imports_no_opentelemetry() -> None:
 
     (redis-py 8 imports opentelemetry's API and metrics SDK by itself when they are installed.)
     """
-    ours = ("gateway.telemetry", "opentelemetry.sdk.trace", "opentelemetry.exporter")
+    ours = ("gateway.web.telemetry", "opentelemetry.sdk.trace", "opentelemetry.exporter")
     code = (
         "import sys; from gateway.config import load_config; from gateway.web import make_app; "
         "make_app(load_config(None, {})); "

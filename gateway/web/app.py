@@ -54,7 +54,7 @@ from gateway.web.models import MODEL_CATALOG, ModelCatalog, model_catalog
 from gateway.web.streams import STREAMS
 
 if TYPE_CHECKING:
-    from gateway.telemetry import Tracing
+    from gateway.web.telemetry import Tracing
 
 log = logging.getLogger("gateway.web")
 STATIC = Path(__file__).parent / "static"
@@ -145,7 +145,7 @@ def _tracing(config: Config) -> Tracing | None:
     """The worker's tracer when telemetry is enabled; OpenTelemetry is imported only then."""
     if not config.telemetry.enabled:
         return None
-    from gateway.telemetry import Tracing
+    from gateway.web.telemetry import Tracing
 
     try:
         return Tracing(config.telemetry)
