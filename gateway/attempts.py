@@ -1,7 +1,8 @@
-"""The upstream pool as the router sees it: every attempt counted, failures warned about, traced.
+"""The upstream pool as the router sees it: every attempt counted in the request's trail, traced.
 
 A thin wrapper around any :class:`~gateway.upstream.Upstreams`, so the router and the client stay
-as they are: one extra call per attempt, nothing per event.
+as they are: one extra call per attempt, nothing per event. (A failed attempt is warned about by
+the router, which alone knows when an attempt failed: up to the stream's first event.)
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from typing import TYPE_CHECKING
 
 from gateway import trail
 from gateway.config import Deployment
-from gateway.errors import GatewayError
-from gateway.upstream import UpstreamResponse, Upstreams
+from gateway.stream import UpstreamResponse
+from gateway.upstream import Upstreams
 
 if TYPE_CHECKING:
     from gateway.web.telemetry import Tracing
 
 
 class ObservedUpstreams:
-    """Delegates to ``inner``; counts each attempt in the request's trail, warns (rate-limited)
-    when one fails, and with tracing on wraps it in a client span."""
+    """Delegates to ``inner``; counts each attempt in the request's trail and, with tracing on,
+    wraps it in a client span (until the upstream's headers)."""
 
     def __init__(self, inner: Upstreams, tracing: Tracing | None = None) -> None:
         self._inner = inner
@@ -46,15 +47,9 @@ class ObservedUpstreams:
     ) -> UpstreamResponse:
         """Send one attempt through the inner pool."""
         trail.attempt_sent(deployment.name)
-        try:
-            if self._tracing is None:
-                return await self._inner.send(
-                    deployment, path, body, headers=headers, api_key=api_key
-                )
-            return await self._tracing.attempt(
-                deployment.name,
-                lambda: self._inner.send(deployment, path, body, headers=headers, api_key=api_key),
-            )
-        except GatewayError as exc:
-            trail.attempt_failed(deployment.name, exc)
-            raise
+        if self._tracing is None:
+            return await self._inner.send(deployment, path, body, headers=headers, api_key=api_key)
+        return await self._tracing.attempt(
+            deployment.name,
+            lambda: self._inner.send(deployment, path, body, headers=headers, api_key=api_key),
+        )

@@ -290,6 +290,7 @@ class Router:
                 opened.attempts = sent
                 return opened
             metrics.UPSTREAM_ERRORS.labels(name, _reason(last)).inc()
+            trail.attempt_failed(name, last)
         if last is not None:
             raise last
         raise self._all_unavailable(route)

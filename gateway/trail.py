@@ -116,8 +116,10 @@ def attempt_sent(deployment: str) -> None:
         trail.attempts += 1
 
 
-def attempt_failed(deployment: str, error: BaseException) -> None:
-    """An upstream attempt failed before its first byte."""
+def attempt_failed(deployment: str, error: BaseException | None) -> None:
+    """An upstream attempt failed before the answer's first event reached the client."""
+    if error is None:
+        return
     status = error.upstream_status if isinstance(error, UpstreamStatusError) else None
     warn("upstream_failure", deployment, "upstream attempt failed", deployment=deployment,
          reason=reason(error), upstream_status=status)  # fmt: skip

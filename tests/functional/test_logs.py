@@ -96,6 +96,8 @@ deployments:
 models:
   primary: {{deployments: [down], fallbacks: [backup], upstream_model: mock-gpt}}
   backup: {{deployments: [up], upstream_model: backup-gpt}}
+  # `down` also serves a route with somewhere else to go, so its breaker may open.
+  spread: {{deployments: [down, up]}}
 """)
     proc: Proc = start_gateway("--config", str(config))
     url = proc.url + "/v1/chat/completions"
