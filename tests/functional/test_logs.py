@@ -119,3 +119,12 @@ models:
     assert len(access) == 20
     assert access[0]["upstream_model"] == "backup-gpt" and access[0]["deployment"] == "up"
     assert access[0]["retries"] == 1 and access[-1]["retries"] == 0  # the breaker skips `down`
+
+
+async def test_scrapes_are_logged_when_asked(start_gateway: Any) -> None:
+    """server.access_log_health puts health checks and metric scrapes in the access log."""
+    proc: Proc = start_gateway(env={"LLM_GATEWAY_SERVER__ACCESS_LOG_HEALTH": "true"})
+    assert await get(proc.url + "/health") == 200 and await get(proc.url + "/metrics") == 200
+    wait_for_log(proc, '"path":"/metrics"')
+    paths = [line.get("path") for line in log_lines(proc, "gateway.access")]
+    assert paths == ["/health", "/metrics"]

@@ -311,3 +311,18 @@ async def test_key_reloads_models_and_no_model_is_explained(
     assert '"content": "Snippet question"' in curl and "$LLM_GATEWAY_KEY" in curl
     assert 'model="demo"' in python and f'base_url="{gateway.url}/v1"' in python
     assert key not in curl + python  # the key is never put into copied code
+
+
+async def test_a_gateway_listing_no_model_says_so(
+    browser: Browser, start_gateway: Any, mock_upstream: Proc
+) -> None:
+    """Behind --upstream (any name passed through, none listed) the page explains the empty list."""
+    gateway: Proc = start_gateway("--upstream", mock_upstream.url + "/v1")
+    page = await browser.new_page()
+    await page.goto(gateway.url + "/")
+    await page.wait_for_function("document.querySelector('#status').textContent.startsWith('No')")
+    assert await page.text_content("#status") == (
+        "No model is listed by this gateway: it may pass any model name through, "
+        "so use the API directly (see Show code)."
+    )
+    assert not await page.is_enabled("#send")

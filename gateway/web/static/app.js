@@ -30,7 +30,10 @@ async function loadModels() {
     if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
     $("model").replaceChildren(...body.data.map((m) => new Option(m.id, m.id)));
     if (body.data.some((m) => m.id === previous)) $("model").value = previous;
-    if (!body.data.length) setStatus("No model is available: the gateway's configuration serves none.");
+    if (!body.data.length) {
+      setStatus("No model is listed by this gateway: it may pass any model name through, "
+                + "so use the API directly (see Show code).");
+    }
     else if (!state.controller) setStatus("Ready.");
   } catch (error) {
     setStatus(`Could not list models: ${error.message}`);
