@@ -93,7 +93,7 @@ def make_app(
     app[LOAD] = LoadMonitor(max_lag=config.server.shed_lag, max_queue=config.server.shed_queue)
     app[POOL] = upstreams or UpstreamPool(config)
     app[STORE] = store or make_store(config.store)
-    # The router sends through a wrapper that counts attempts, warns on failures and traces.
+    # The router sends through a wrapper that counts each attempt and, with tracing on, traces it.
     app[ROUTER] = Router(config, ObservedUpstreams(app[POOL], tracing), app[POOL].in_flight)
     app[SIDECAR] = StatsSidecar(app[STORE], config.stats)
     app[AUTHENTICATOR] = Authenticator(app[STORE], config.auth, config.store)
