@@ -44,6 +44,7 @@ def request_line(
     cache: str | None,
     coalesced: bool,
     retries: int,
+    hedges: int,
     cost: float | None,
 ) -> dict[str, object]:
     """The fields of one /v1 request's access line."""
@@ -66,7 +67,7 @@ def request_line(
         "cache": "hit" if event.cache_hit else cache,
         "coalesced": coalesced,
         "retries": retries,
-        "hedges": 0,  # hedged requests do not exist yet
+        "hedges": hedges,
         "termination": event.termination,
         "remote": request.remote,
     }

@@ -94,6 +94,12 @@ def _account(request: web.Request, record: RequestRecord, status: int, now: floa
         finish(event)
 
 
+def retries(record: RequestRecord) -> int:
+    """Attempts after the first that were retries (hedges are attempts too, counted apart)."""
+    hedges = record.stream.hedges if record.stream is not None else 0
+    return max(0, record.trail.retries - hedges)
+
+
 def _log_access(
     request: web.Request, record: RequestRecord, event: StatsEvent, config: Config
 ) -> None:
@@ -107,7 +113,8 @@ def _log_access(
         stream=record.stream is not None,
         cache=headers.get("X-Gateway-Cache"),
         coalesced="X-Gateway-Coalesced" in headers,
-        retries=record.trail.retries,
+        retries=retries(record),
+        hedges=record.stream.hedges if record.stream is not None else 0,
         cost=record.cost,
     )
     access.log.info("request", extra=line)

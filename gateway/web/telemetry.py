@@ -25,7 +25,7 @@ from gateway.errors import GatewayError
 from gateway.stats import StatsEvent
 from gateway.trail import reason
 from gateway.web.access import upstream_model
-from gateway.web.accounting import RECORD, RequestRecord
+from gateway.web.accounting import RECORD, RequestRecord, retries
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -123,7 +123,8 @@ class Tracing:
             "llm_gateway.tokens_estimated": not event.tokens_exact,
             "llm_gateway.cache_hit": event.cache_hit,
             "llm_gateway.termination": event.termination,
-            "llm_gateway.retries": record.trail.retries,
+            "llm_gateway.retries": retries(record),
+            "llm_gateway.hedges": record.stream.hedges if record.stream is not None else 0,
         }
         served = upstream_model(config, record.model, record.trail.served_by)
         if served is not None:

@@ -128,3 +128,34 @@ async def test_scrapes_are_logged_when_asked(start_gateway: Any) -> None:
     wait_for_log(proc, '"path":"/metrics"')
     paths = [line.get("path") for line in log_lines(proc, "gateway.access")]
     assert paths == ["/health", "/metrics"]
+
+
+async def test_access_line_counts_a_hedge_apart_from_retries(
+    start_gateway: Any, tmp_path: Path
+) -> None:
+    """A stream whose first event was late and was hedged logs hedges 1 and retries 0."""
+    started = []
+    for name, extra in (("slow", ["--first-byte-delay", "2"]), ("fast", [])):
+        port = free_port()
+        args = gateway_command("mock-upstream", "--port", str(port), *extra)
+        started.append(start_process(args, port, tmp_path / f"mock-{name}.log"))
+    slow, fast = started
+    config = tmp_path / "hedged.yaml"
+    config.write_text(f"""
+deployments:
+  slow: {{base_url: "{slow.url}/v1", weight: 1000000}}
+  fast: {{base_url: "{fast.url}/v1", weight: 0.000001}}
+models:
+  hedged: {{deployments: [slow, fast], hedge: {{after: 0.2, max_extra: 1}}}}
+""")
+    try:
+        proc: Proc = start_gateway("--config", str(config))
+        headers = {"X-Request-Id": "hedged-1"}
+        result = await read_stream(proc.url + "/v1/chat/completions", chat_body("hedged"), headers)
+        assert result.done
+        wait_for_log(proc, '"request_id":"hedged-1"')
+        line = next(x for x in log_lines(proc, "gateway.access") if x["request_id"] == "hedged-1")
+        assert (line["deployment"], line["hedges"], line["retries"]) == ("fast", 1, 0)
+    finally:
+        for mock_proc in started:
+            mock_proc.stop()
