@@ -17,12 +17,12 @@ from gateway import manage
 from gateway.config import Config, load_config, passthrough_overrides
 from gateway.errors import ConfigError
 from gateway.keys import key_view, parse_expiry
-from gateway.store import StoreUnavailable
+from gateway.store import StoreUnavailable, describe
 
 T = TypeVar("T")
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llm-gateway")
 def main() -> None:
     """llm-gateway: many upstream LLMs behind one OpenAI-compatible streaming endpoint."""
@@ -48,7 +48,16 @@ def main() -> None:
 @click.option(
     "--upstream-key-env", metavar="VAR", help="Environment variable holding the --upstream API key."
 )
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Lowest level logged (JSON lines on stderr) [default: info].",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=None,
+    help="One JSON line per request (server.access_log) [default: on].",
+)
 def serve(
     config_path: str | None,
     host: str | None,
@@ -57,6 +66,7 @@ def serve(
     upstream: str | None,
     upstream_key_env: str | None,
     log_level: str | None,
+    access_log: bool | None,
 ) -> None:
     """Start the gateway (embedded defaults when no config: the built-in `demo` model)."""
     from gateway import supervisor
@@ -70,7 +80,13 @@ def serve(
         overrides.update(passthrough_overrides(upstream, upstream_key_env))
     server = {
         k: v
-        for k, v in {"host": host, "port": port, "workers": workers, "log_level": log_level}.items()
+        for k, v in {
+            "host": host,
+            "port": port,
+            "workers": workers,
+            "log_level": log_level,
+            "access_log": access_log,
+        }.items()
         if v is not None
     }
     if server:
@@ -84,15 +100,16 @@ def serve(
 
 
 @main.command("check-config")
-@click.argument("path", type=click.Path(dir_okay=False))
-def check_config(path: str) -> None:
-    """Validate a config file (with the LLM_GATEWAY_* environment applied) and summarise it."""
+@click.argument("path", type=click.Path(dir_okay=False), required=False)
+def check_config(path: str | None) -> None:
+    """Validate a config file, or with no PATH the LLM_GATEWAY_* environment alone, and
+    summarise what the gateway would run with."""
     try:
         config = load_config(path)
     except ConfigError as exc:
         click.echo(f"invalid: {exc}", err=True)
         sys.exit(1)
-    click.echo(f"ok: {path}")
+    click.echo(f"ok: {config.source}")
     for deployment in config.deployments.values():
         click.echo(f"  deployment {deployment.name}: {deployment.base_url}")
     for route in config.models.values():
@@ -114,6 +131,9 @@ def check_config(path: str) -> None:
     streams = config.streams
     resumable = "all" if streams.resumable else ", ".join(streams.models) or "on request"
     click.echo(f"  resumable streams: {resumable}")
+    click.echo(f"  store: {describe(config.store)}")
+    telemetry = config.telemetry
+    click.echo(f"  telemetry: {telemetry.endpoint if telemetry.enabled else 'off'}")
 
 
 def _load(config_path: str | None) -> Config:
@@ -269,8 +289,8 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> None:
 
 
 @main.command("mock-upstream")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=9090, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=9090, show_default=True, help="Port to listen on.")
 @click.option(
     "--chunks",
     type=click.IntRange(min=1),
@@ -292,7 +312,13 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> None:
     show_default=True,
     help="Seconds between events.",
 )
-@click.option("--first-byte-delay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option(
+    "--first-byte-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds before the response headers.",
+)
 @click.option(
     "--fail-status",
     type=click.IntRange(min=400, max=599),

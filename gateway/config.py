@@ -29,6 +29,7 @@ ENV_PREFIX = "LLM_GATEWAY_"
 MOCK_BASE_URL = "mock://"
 WILDCARD_MODEL = "*"
 DEFAULT_DEMO_MODEL = "demo"
+DEFAULT_STORE_FILE = "llm-gateway.sqlite3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +120,14 @@ class ServerSettings:
 
     log_level: str = "info"
     access_log: bool = True
+    access_log_health: bool = False  # health checks and metric scrapes in the access log too
 
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     """Where keys and usage are kept: a SQLite file, or Redis when ``redis_url`` is set."""
 
-    path: str = "var/llm-gateway.sqlite3"
+    path: str = "llm-gateway.sqlite3"  # load_config: under the user's state directory
     redis_url: str | None = field(default=None, repr=False)
     redis_prefix: str = "llmgw"
     timeout: float = 2.0
@@ -241,6 +243,17 @@ class StreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """OpenTelemetry traces over OTLP/HTTP; off by default, and then nothing is imported."""
+
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"  # an OTLP/HTTP traces URL
+    service_name: str = "llm-gateway"
+    sample_ratio: float = 1.0  # of the traces that do not arrive sampled by the client already
+    capture_prompts: bool = False  # prompts and answers as span attributes: off, they may be secret
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration of one gateway instance."""
 
@@ -255,6 +268,7 @@ class Config:
     limits: LimitSettings = LimitSettings()
     cache: CacheSettings = CacheSettings()
     streams: StreamSettings = StreamSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @property
     def embedded_demo(self) -> bool:
@@ -284,6 +298,7 @@ _TOP_LEVEL_KEYS = {
     "limits",
     "cache",
     "streams",
+    "telemetry",
 }
 # Short environment names for settings people set most: LLM_GATEWAY_REDIS_URL and so on.
 _ENV_ALIASES = {
@@ -422,7 +437,39 @@ def _build(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> C
         limits=_build_limits(_mapping(raw.get("limits", {}), "limits", source), source),
         cache=_build_cache(_mapping(raw.get("cache", {}), "cache", source), source),
         streams=_build_streams(_mapping(raw.get("streams", {}), "streams", source), source),
+        telemetry=_build_telemetry(_mapping(raw.get("telemetry", {}), "telemetry", source), source),
     )
+
+
+def default_store_path(environ: Mapping[str, str]) -> Path:
+    """The per-user SQLite file: ``$XDG_STATE_HOME/llm-gateway/``, else ``~/.local/state/...``."""
+    state = environ.get("XDG_STATE_HOME") or ""
+    base = Path(state) if Path(state).is_absolute() else Path.home() / ".local" / "state"
+    return base / "llm-gateway" / DEFAULT_STORE_FILE
+
+
+def _build_telemetry(raw: Mapping[str, Any], source: str) -> TelemetrySettings:
+    known = {f.name for f in dataclasses.fields(TelemetrySettings)}
+    _reject_unknown(raw, known, "telemetry.", source)
+    values: dict[str, Any] = {}
+    for name in ("enabled", "capture_prompts"):
+        if name in raw:
+            values[name] = _boolean(raw[name], f"telemetry.{name}", source)
+    if "endpoint" in raw:
+        endpoint = _string(raw["endpoint"], "telemetry.endpoint", source)
+        if not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{source}: telemetry.endpoint: must be an http:// or https:// OTLP/HTTP URL"
+            )
+        values["endpoint"] = endpoint
+    if "service_name" in raw:
+        values["service_name"] = _string(raw["service_name"], "telemetry.service_name", source)
+    if "sample_ratio" in raw:
+        ratio = _positive(raw["sample_ratio"], "telemetry.sample_ratio", source)
+        if ratio > 1:
+            raise ConfigError(f"{source}: telemetry.sample_ratio: must be at most 1, got {ratio}")
+        values["sample_ratio"] = ratio
+    return TelemetrySettings(**values)
 
 
 def _build_streams(raw: Mapping[str, Any], source: str) -> StreamSettings:
@@ -537,7 +584,7 @@ def _build_routing(raw: Mapping[str, Any], source: str) -> RoutingSettings:
 
 def _build_store(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> StoreSettings:
     _reject_unknown(raw, {"path", "redis_url", "redis_prefix", "timeout"}, "store.", source)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"path": str(default_store_path(environ))}
     if "path" in raw:
         values["path"] = _string(raw["path"], "store.path", source)
     if raw.get("redis_url") is not None:

@@ -1,4 +1,4 @@
-"""JSON logs: one object a line on stderr, and a JSON access log with the request id.
+"""JSON logs: one object a line on stderr (the access log is gateway/web/access.py).
 
 Nothing here runs per chunk: the access log writes one line per request, after it has ended.
 """
@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
@@ -50,24 +49,3 @@ def configure_logging(level: str = "info") -> None:
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
-
-
-class JsonAccessLogger(AbstractAccessLogger):
-    """One JSON line per request: method, path, status, duration and the request id."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            "request",
-            extra={
-                "request_id": request.get(REQUEST_ID),
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "duration_ms": round(time * 1000, 2),
-                "remote": request.remote,
-            },
-        )
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)

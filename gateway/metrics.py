@@ -208,6 +208,10 @@ def initialise(
     """Create the known label values at zero, so rates and alerts have series from the start."""
     for result in ("hit", "miss"):
         CACHE_LOOKUPS.labels(result)
+    for kind in ("stream", "json"):  # CacheEntry.kind
+        CACHE_STORES.labels(kind)
+    for where in ("local", "redis", "gone"):  # where a resume found its stream
+        STREAM_RESUMES.labels(where)
     for cause in stream_causes:
         STREAM_TERMINATIONS.labels(cause)
     for deployment in deployments:

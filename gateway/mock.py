@@ -58,6 +58,7 @@ class MockBehaviour:
     unbatched: bool = False
     cached_tokens: int = 0  # reported as prompt_tokens_details.cached_tokens (at most the prompt)
     honour_max_tokens: bool = True  # False: answer past max_tokens, as a misbehaving upstream may
+    reply: str | None = None  # answer with this text (cut into ``chunks`` pieces), not random words
 
     def merged(self, overrides: Mapping[str, Any]) -> MockBehaviour:
         """A copy with ``overrides`` applied; a ValueError names any bad key or value."""
@@ -77,6 +78,10 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
     if value is None and "None" in annotation:
         return None
     try:
+        if annotation.startswith("str"):
+            if not isinstance(value, str):
+                raise TypeError
+            return value
         if annotation.startswith("bool"):
             if isinstance(value, str):
                 return value.strip().lower() in {"1", "true", "yes"}
@@ -119,11 +124,22 @@ def behaviour_for(
 
 def answer_words(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[str]:
     """The answer's pieces, deterministic in (model, messages or prompt, seed)."""
+    if behaviour.reply is not None:
+        return _reply_pieces(behaviour)
     return mockanswer.words(body, behaviour.chunks, behaviour.chunk_size)
+
+
+def _reply_pieces(behaviour: MockBehaviour) -> list[str]:
+    """The configured reply cut into ``chunks`` pieces."""
+    reply = behaviour.reply or ""
+    size = max(1, math.ceil(len(reply) / behaviour.chunks))
+    return [reply[i : i + size] for i in range(0, len(reply), size)]
 
 
 def answer(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[mockanswer.Choice]:
     """Every choice the mock answers a chat request with (text, JSON or a tool call)."""
+    if behaviour.reply is not None:
+        return [mockanswer.Choice(pieces=_reply_pieces(behaviour), tool=None, finish="stop")]
     return mockanswer.plan(
         body, behaviour.chunks, behaviour.chunk_size, honour_limit=behaviour.honour_max_tokens
     )

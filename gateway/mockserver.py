@@ -41,6 +41,7 @@ class RecordedRequest:
     body: dict[str, Any]
     authorization: str | None
     client_port: int | None = None  # the same port twice means a reused connection
+    traceparent: str | None = None  # W3C trace context, when the gateway traces
     outcome: str = "in_flight"  # completed | disconnected | failed | stalled
     events_sent: int = 0
     completion_tokens_sent: int = 0
@@ -69,6 +70,7 @@ class MockState:
             body=body,
             authorization=request.headers.get("Authorization"),
             client_port=_client_port(request),
+            traceparent=request.headers.get("traceparent"),
         )
         self.requests.append(record)
         self.counts["requests"] += 1

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway import metrics
+from gateway import metrics, trail
 from gateway.background import BackgroundTasks
 from gateway.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from gateway.store.redis import REDIS_ERRORS
@@ -298,7 +298,12 @@ class RateLimiter:
     def _failed(self, exc: BaseException) -> None:
         self.breaker.failure()
         metrics.RATE_LIMIT_FALLBACKS.inc()
-        log.debug("rate limiter: Redis call failed", extra={"error": repr(exc)})
+        trail.warn(
+            "limiter_fallback",
+            "redis",
+            "rate limiter: Redis call failed, this request limited per worker",
+            error=type(exc).__name__,
+        )
 
     @staticmethod
     def _breaker_changed(state: BreakerState) -> None:

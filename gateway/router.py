@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from gateway import metrics
+from gateway import metrics, trail
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.config import Config, Deployment, ModelRoute
 from gateway.dialects import UPSTREAM_TYPES
@@ -259,6 +259,7 @@ class Router:
                 finally:
                     self._retrying -= 1
                 metrics.UPSTREAM_RETRIES.labels(health.deployment.name, _reason(last)).inc()
+                trail.retrying(health.deployment.name, last, delay)
             sent += 1
             started = self._clock()
             name = health.deployment.name
@@ -285,9 +286,11 @@ class Router:
                 answered.observe(self._clock() - started)
                 if attempt.route is not route:
                     metrics.FALLBACKS.labels(route.name, attempt.route.name).inc()
+                    trail.fell_back(route.name, attempt.route.name, health.deployment.name)
                 opened.attempts = sent
                 return opened
             metrics.UPSTREAM_ERRORS.labels(name, _reason(last)).inc()
+            trail.attempt_failed(name, last)
         if last is not None:
             raise last
         raise self._all_unavailable(route)
@@ -561,5 +564,6 @@ def _export(deployment: str) -> Callable[[BreakerState], None]:
     def changed(state: BreakerState) -> None:
         gauge.set(state.value)
         metrics.BREAKER_TRANSITIONS.labels(deployment, state.name.lower()).inc()
+        trail.breaker_changed(deployment, state)
 
     return changed

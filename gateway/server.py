@@ -13,8 +13,9 @@ from aiohttp import web
 
 from gateway.capacity import raise_fd_limit
 from gateway.config import Config
-from gateway.logs import JsonAccessLogger, configure_logging
+from gateway.logs import configure_logging
 from gateway.web import make_app
+from gateway.web.access import JsonAccessLogger
 from gateway.web.keys import LOAD
 
 log = logging.getLogger("gateway.server")

@@ -22,6 +22,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.httpclient import ConnectionPool, Endpoint, Exchange
+from gateway.propagation import trace_headers
 from gateway.providers.inprocess import InProcessProvider
 from gateway.stream import BodyConsumer, UpstreamResponse
 
@@ -206,6 +207,7 @@ class UpstreamPool:
             request_headers["Authorization"] = f"Bearer {key}"
         if extra_headers:
             request_headers.update(extra_headers)
+        request_headers.update(trace_headers())
         pool = self._pools[deployment.name]
         try:
             return await pool.request(

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.cache.backends import MemoryBackend
+from gateway.cache.backends import MemoryBackend, RedisBackend
 from gateway.cache.entry import (
     CacheEntry,
     assemble_completion,
@@ -240,3 +240,24 @@ async def test_an_upstream_failure_reaches_every_sink() -> None:
         assert sink.data == b"data: 1\n\n"
         assert isinstance(sink.error, UpstreamUnreachable)
     assert not source.clean
+
+
+async def test_unreachable_redis_cache_is_a_rate_limited_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis cache that cannot be reached answers misses and warns, a burst and no more."""
+    import logging
+
+    import redis.asyncio as aioredis
+
+    from gateway import trail
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(trail, "LIMITER", trail.WarningLimiter(burst=2))
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    backend = RedisBackend(client, prefix="t", timeout=0.25)
+    with caplog.at_level(logging.WARNING):
+        assert [await backend.get(f"k{i}") for i in range(4)] == [None] * 4
+    await client.aclose()
+    fallbacks = [r for r in caplog.records if r.__dict__.get("event") == "cache_fallback"]
+    assert len(fallbacks) == 2 and fallbacks[0].__dict__["subject"] == "redis"

@@ -150,3 +150,28 @@ limits: {key_rpm: 100, ip_rpm: 50, client_ip_header: X-Real-IP}
     assert config.streams.resumable and config.streams.models == ("demo",)
     assert config.limits.key_rpm == 100 and config.limits.any
     assert not load_config(None, {}).limits.any  # no limit unless configured
+
+
+def test_default_store_is_per_user_under_the_state_directory(tmp_path: Path) -> None:
+    """The SQLite file goes to $XDG_STATE_HOME/llm-gateway/, else ~/.local/state/llm-gateway/."""
+    state = tmp_path / "state"
+    config = load_config(None, {"XDG_STATE_HOME": str(state)})
+    assert Path(config.store.path) == state / "llm-gateway" / "llm-gateway.sqlite3"
+    fallback = load_config(None, {"XDG_STATE_HOME": "relative/ignored"})
+    expected = Path.home() / ".local" / "state" / "llm-gateway" / "llm-gateway.sqlite3"
+    assert Path(fallback.store.path) == expected
+    named = load_config(write(tmp_path, "store: {path: /srv/keys.sqlite3}\n"), {})
+    assert named.store.path == "/srv/keys.sqlite3"
+
+
+def test_telemetry_section_is_validated(tmp_path: Path) -> None:
+    """telemetry: is off by default; a bad endpoint or ratio names its key."""
+    assert load_config(None, {}).telemetry.enabled is False
+    good = load_config(
+        write(tmp_path, "telemetry: {enabled: true, endpoint: 'http://otel:4318/v1/traces'}\n"), {}
+    )
+    assert good.telemetry.enabled and good.telemetry.endpoint == "http://otel:4318/v1/traces"
+    with pytest.raises(ConfigError, match=r"telemetry\.endpoint"):
+        load_config(write(tmp_path, "telemetry: {endpoint: 'otel:4317'}\n"), {})
+    with pytest.raises(ConfigError, match=r"telemetry\.sample_ratio"):
+        load_config(write(tmp_path, "telemetry: {sample_ratio: 2}\n"), {})

@@ -80,6 +80,8 @@ def test_kubernetes_manifests_match_the_code() -> None:
         "Secret",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "ServiceMonitor",
+        "Ingress",
     }
     listed = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(
@@ -191,3 +193,112 @@ def _write(text: str) -> Path:
     path = Path(tempfile.mkdtemp()) / "gateway.yaml"
     path.write_text(text)
     return path
+
+
+def _unit_kind(expr: str) -> str:
+    if "histogram_quantile" in expr:
+        return "quantile"
+    if " / " in expr:
+        return "ratio"
+    if "rate(" in expr or "increase(" in expr:
+        return "rate"
+    return "gauge"
+
+
+def test_dashboard_has_variables_and_one_unit_per_panel() -> None:
+    """A datasource variable (no hard-coded uid), instance and model variables, and no panel that
+    mixes ratios, rates and latencies, each with the unit that fits them."""
+    dashboard = json.loads((DEPLOY / "grafana/llm-gateway.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert {"instance", "model"} <= set(variables)
+    assert set(re.findall(r'"uid": "([^"]+)"', json.dumps(dashboard))) == {
+        "${datasource}", dashboard["uid"]}  # fmt: skip
+    fitting = {"quantile": {"s"}, "ratio": {"percentunit"},
+               "rate": {"reqps", "ops", "short", "suffix: tokens/min"}}  # fmt: skip
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    titles = [p["title"] for p in panels]
+    assert len(titles) == len(set(titles)) >= 20
+    for panel in panels:
+        unit = panel["fieldConfig"]["defaults"]["unit"]
+        kinds = {_unit_kind(t["expr"]) for t in panel["targets"]}
+        assert len(kinds) == 1, f"{panel['title']} mixes {kinds}"
+        kind = kinds.pop()
+        assert kind == "gauge" or unit in fitting[kind], f"{panel['title']}: {kind} in {unit}"
+        for target in panel["targets"]:
+            assert 'instance=~"$instance"' in target["expr"], panel["title"]
+    for needed in (
+        "Time to first event",
+        "Inter-event gaps",
+        "Stream terminations by cause",
+        "Cache hit ratio",
+        "Rate-limited requests by scope",
+        "Circuit breaker state",
+    ):
+        assert needed in titles  # fmt: skip
+
+
+def test_kustomize_renders_the_base_with_service_monitor_and_sse_ingress() -> None:
+    """`kubectl kustomize` renders the base; the ServiceMonitor and the Ingress point at the
+    Service's port and /metrics, and the Ingress does not buffer events."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl missing: run bin/ensure-test-tools (make test does)"
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(KUBERNETES)], capture_output=True, text=True, check=True
+    ).stdout
+    objects = {d["kind"]: d for d in yaml.safe_load_all(rendered)}
+    service = objects["Service"]
+    port_name = service["spec"]["ports"][0]["name"]
+    monitor = objects["ServiceMonitor"]["spec"]
+    assert monitor["selector"]["matchLabels"] == service["spec"]["selector"]
+    assert monitor["endpoints"][0]["port"] == port_name
+    config = load_config(None, {})
+    routes = {r.resource.canonical for r in make_app(config).router.routes() if r.resource}
+    assert monitor["endpoints"][0]["path"] == "/metrics" in routes
+    ingress = objects["Ingress"]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": service["metadata"]["name"], "port": {"name": port_name}}
+    notes = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert notes[prefix + "proxy-buffering"] == "off"
+    assert notes[prefix + "proxy-request-buffering"] == "off"
+    settings = ServerSettings()
+    assert int(notes[prefix + "proxy-read-timeout"]) > settings.keepalive_interval
+    size_mib = int(notes[prefix + "proxy-body-size"].rstrip("m"))
+    assert size_mib * 1024 * 1024 == settings.max_body_bytes
+
+
+def _docker_context() -> list[Path]:
+    """The files `docker build .` sends with this .dockerignore (its simple patterns only)."""
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules[0] == "*"
+    allowed = [r[1:].rstrip("/") for r in rules if r.startswith("!")]
+    excluded = [r.removeprefix("**/") for r in rules[1:] if not r.startswith("!")]
+    sent = []
+    for path in ROOT.rglob("*"):
+        relative = path.relative_to(ROOT)
+        if not path.is_file() or not any(relative.parts[0] == a for a in allowed):
+            continue
+        if any(relative.match(pattern) or pattern in relative.parts for pattern in excluded):
+            continue
+        sent.append(relative)
+    return sent
+
+
+def test_docker_context_holds_what_the_image_copies_and_little_else() -> None:
+    """Every COPY source is in the build context; .venv, .git, var and caches are not."""
+    sent = _docker_context()
+    text = (DEPLOY / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, flags=re.M):
+        for source in line.split()[:-1]:
+            assert any(p == Path(source) or Path(source) in p.parents for p in sent), source
+    assert not [p for p in sent if p.parts[0] in {".venv", ".git", "var", "tests"}]
+    assert not [p for p in sent if "__pycache__" in p.parts]
+    size = sum((ROOT / p).stat().st_size for p in sent)
+    assert size < 2 * 1024 * 1024, f"build context is {size} bytes"
+    assert "HEALTHCHECK" in text and re.search(r"^USER 10001$", text, flags=re.M)

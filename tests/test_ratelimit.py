@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.ratelimit import LocalWindows, RateLimiter, Window
+from gateway.ratelimit import FALLBACK_BREAKER, LocalWindows, RateLimiter, Window
 from tests.conftest import free_port
 from tests.redis_server import RedisServer, redis_prefix, redis_server, redis_url
 
@@ -137,3 +138,22 @@ async def test_redis_stopped_then_back(
     limiter.breaker._opened_at -= 10  # the recovery time has passed
     assert (await limiter.take(window, 1)).shared
     await client.aclose()
+
+
+async def test_redis_failures_are_warned_about_rate_limited(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limiter falling back to local limits warns, naming Redis, without a line per request."""
+    from gateway import trail
+
+    monkeypatch.setattr(trail, "LIMITER", trail.WarningLimiter(burst=2))
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    limiter = RateLimiter(client, timeout=0.25)
+    window = Window("key_rpm", "key:w", 100, 60.0)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(FALLBACK_BREAKER.failures + 3):
+            await limiter.take(window, 1)
+    await client.aclose()
+    fallbacks = [r for r in caplog.records if r.__dict__.get("event") == "limiter_fallback"]
+    assert len(fallbacks) == 2 and fallbacks[0].__dict__["subject"] == "redis"
+    assert any("enforcing limits per worker" in r.getMessage() for r in caplog.records)

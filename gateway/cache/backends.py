@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import NullSerializer
 
-from gateway import metrics
+from gateway import metrics, trail
 from gateway.breaker import BreakerSettings, CircuitBreaker
 from gateway.cache.entry import CacheEntry
 from gateway.store.redis import REDIS_ERRORS
@@ -126,7 +126,12 @@ class RedisBackend:
     def _failed(self, exc: BaseException) -> None:
         self.breaker.failure()
         metrics.CACHE_ERRORS.inc()
-        log.debug("cache: Redis call failed", extra={"error": repr(exc)})
+        trail.warn(
+            "cache_fallback",
+            "redis",
+            "cache: Redis call failed, answered without the cache",
+            error=type(exc).__name__,
+        )
 
     async def close(self) -> None:
         return None  # the pool belongs to the store

@@ -8,6 +8,7 @@ Handlers fill in a :class:`RequestRecord` as they learn the model, the deploymen
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,12 +18,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import metrics
+from gateway.config import Config
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.logs import REQUEST_ID
 from gateway.openai import Usage, estimate_prompt_tokens
 from gateway.stats import ANONYMOUS_KEY, StatsEvent, StatsSidecar
 from gateway.stream import StreamOutcome
+from gateway.trail import TRAIL, Trail
+from gateway.web import access
 from gateway.web.auth import API_KEY
+from gateway.web.keys import CONFIG
 
 
 @dataclass(slots=True)
@@ -44,9 +49,13 @@ class RequestRecord:
     finishers: list[Callable[[StatsEvent], None]] = field(default_factory=list)
     # A resumable stream outlives its first request: the event waits for this.
     until: asyncio.Future[None] | None = None
+    trail: Trail = field(default_factory=Trail)  # attempts, seen by the router
+    cost: float | None = None  # set by spend accounting once it exists; absent from logs till then
 
 
 RECORD = web.RequestKey("request_record", RequestRecord)
+# Headers a handler wants on its response, streamed or not (rate-limit state, for one).
+RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])
 SIDECAR = web.AppKey("stats_sidecar", StatsSidecar)
 
 
@@ -57,7 +66,9 @@ async def accounting_middleware(request: web.Request, handler: Handler) -> web.S
         return await handler(request)
     loop = asyncio.get_running_loop()
     record = RequestRecord(started=loop.time(), ts=time.time())
+    record.trail.request_id = request.get(REQUEST_ID)
     request[RECORD] = record
+    token = TRAIL.set(record.trail)
     status = 499  # the client went away before an answer
     try:
         response = await handler(request)
@@ -69,14 +80,44 @@ async def accounting_middleware(request: web.Request, handler: Handler) -> web.S
             record.until.add_done_callback(lambda _: _account(request, record, 200, loop.time()))
         else:
             _account(request, record, status, loop.time())
+        TRAIL.reset(token)
 
 
 def _account(request: web.Request, record: RequestRecord, status: int, now: float) -> None:
     event = _event(request, record, status, now)
     request.app[SIDECAR].publish(event)
     _observe(request.path, record, event)
+    config = request.app[CONFIG]
+    if config.server.access_log:
+        _log_access(request, record, event, config)
     for finish in record.finishers:
         finish(event)
+
+
+def retries(record: RequestRecord) -> int:
+    """Attempts after the first that were retries (hedges are attempts too, counted apart)."""
+    hedges = record.stream.hedges if record.stream is not None else 0
+    return max(0, record.trail.retries - hedges)
+
+
+def _log_access(
+    request: web.Request, record: RequestRecord, event: StatsEvent, config: Config
+) -> None:
+    if not access.log.isEnabledFor(logging.INFO):
+        return
+    headers = request.get(RESPONSE_HEADERS) or {}
+    line = access.request_line(
+        request,
+        event,
+        upstream=access.upstream_model(config, record.model, record.trail.served_by),
+        stream=record.stream is not None,
+        cache=headers.get("X-Gateway-Cache"),
+        coalesced="X-Gateway-Coalesced" in headers,
+        retries=retries(record),
+        hedges=record.stream.hedges if record.stream is not None else 0,
+        cost=record.cost,
+    )
+    access.log.info("request", extra=line)
 
 
 def _event(request: web.Request, record: RequestRecord, status: int, now: float) -> StatsEvent:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from gateway import metrics
+from gateway.attempts import ObservedUpstreams
 from gateway.breaker import BreakerState
 from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from gateway.cache.service import ResponseCache
@@ -50,6 +53,9 @@ from gateway.web.middlewares import (
 from gateway.web.models import MODEL_CATALOG, ModelCatalog, model_catalog
 from gateway.web.streams import STREAMS
 
+if TYPE_CHECKING:
+    from gateway.web.telemetry import Tracing
+
 log = logging.getLogger("gateway.web")
 STATIC = Path(__file__).parent / "static"
 
@@ -58,18 +64,24 @@ FINAL_FLUSH_SECONDS = 10.0
 
 
 def make_app(
-    config: Config, *, upstreams: Upstreams | None = None, store: Store | None = None
+    config: Config,
+    *,
+    upstreams: Upstreams | None = None,
+    store: Store | None = None,
+    tracing: Tracing | None = None,
 ) -> web.Application:
     """Build the application: routes, middlewares, the store, the stats sidecar, the upstream pool.
 
-    ``upstreams`` and ``store`` replace the real ones (tests pass fakes or their own).
+    ``upstreams``, ``store`` and ``tracing`` replace the real ones (tests pass fakes or their own).
     """
+    tracing = tracing or _tracing(config)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[
             shed_middleware,
             request_id_middleware,
             accounting_middleware,
+            *([tracing.middleware(config)] if tracing is not None else []),
             error_middleware,
             cors_middleware,
             auth_middleware,
@@ -81,7 +93,8 @@ def make_app(
     app[LOAD] = LoadMonitor(max_lag=config.server.shed_lag, max_queue=config.server.shed_queue)
     app[POOL] = upstreams or UpstreamPool(config)
     app[STORE] = store or make_store(config.store)
-    app[ROUTER] = Router(config, app[POOL], app[POOL].in_flight)
+    # The router sends through a wrapper that counts each attempt and, with tracing on, traces it.
+    app[ROUTER] = Router(config, ObservedUpstreams(app[POOL], tracing), app[POOL].in_flight)
     app[SIDECAR] = StatsSidecar(app[STORE], config.stats)
     app[AUTHENTICATOR] = Authenticator(app[STORE], config.auth, config.store)
     store_now = app[STORE]
@@ -103,6 +116,8 @@ def make_app(
     app.cleanup_ctx.extend(
         [_store, _sidecar, _limiter, _cache, _upstream_pool, _load_monitor, model_catalog]
     )
+    if tracing is not None:
+        app.cleanup_ctx.append(_telemetry(tracing))
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain_streams)
     app.on_shutdown.append(_end_resumable_streams)
@@ -124,6 +139,31 @@ def make_app(
     app.router.add_post("/v1/streams/{stream_id}/cancel", streams.cancel)
     add_admin_routes(app)
     return app
+
+
+def _tracing(config: Config) -> Tracing | None:
+    """The worker's tracer when telemetry is enabled; OpenTelemetry is imported only then."""
+    if not config.telemetry.enabled:
+        return None
+    from gateway.web.telemetry import Tracing
+
+    try:
+        return Tracing(config.telemetry)
+    except ImportError as exc:
+        raise ConfigError(
+            "telemetry.enabled needs the otel extra: pip install 'llm-gateway[otel]'"
+        ) from exc
+
+
+def _telemetry(tracing: Tracing) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        tracing.activate()
+        log.info("tracing on", extra={"endpoint": app[CONFIG].telemetry.endpoint})
+        yield
+        # The exporter's last flush blocks on HTTP: off the loop, after the streams ended.
+        await asyncio.to_thread(tracing.shutdown)
+
+    return run
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:

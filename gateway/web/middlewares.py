@@ -23,10 +23,12 @@ from gateway.errors import (
     PayloadTooLarge,
 )
 from gateway.logs import REQUEST_ID
-from gateway.web.accounting import RECORD
+from gateway.web.accounting import RECORD, RESPONSE_HEADERS
 from gateway.web.keys import CONFIG
 
 log = logging.getLogger("gateway.web")
+
+__all__ = ["RESPONSE_HEADERS", "error_response"]
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -38,8 +40,6 @@ EXPOSED_HEADERS = (
     "X-Request-Id, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
     "X-Gateway-Cache, X-Gateway-Coalesced, Age, X-Gateway-Stream-Id"
 )
-# Headers a handler wants on its response, streamed or not (rate-limit state, for one).
-RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])
 _REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 

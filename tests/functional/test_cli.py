@@ -60,3 +60,48 @@ def test_serve_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "deployments.a.base_url" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_command_takes_dash_h_and_documents_every_option() -> None:
+    """-h works like --help on every command, and no option lacks its help text."""
+    import click
+
+    from gateway.cli import main
+
+    def commands(group: click.Group, path: list[str]) -> list[tuple[list[str], click.Command]]:
+        found: list[tuple[list[str], click.Command]] = [(path, group)]
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                found.extend(commands(command, [*path, name]))
+            else:
+                found.append(([*path, name], command))
+        return found
+
+    every = commands(main, [])
+    assert len(every) > 8
+    for path, command in every:
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name not in {"help", "version"}:
+                assert param.help, f"llm-gateway {' '.join(path)} {param.opts[0]} has no help"
+    for path in (["-h"], ["serve", "-h"], ["keys", "create", "-h"]):
+        result = subprocess.run(gateway_command(*path), capture_output=True, text=True)
+        assert result.returncode == 0 and "Usage: llm-gateway" in result.stdout, path
+        assert "-h, --help" in result.stdout
+
+
+def test_check_config_without_a_file_checks_the_environment(tmp_path: Path) -> None:
+    """check-config with no PATH validates the LLM_GATEWAY_* environment and says so."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_GATEWAY_")}
+    plain = subprocess.run(gateway_command("check-config"), capture_output=True, text=True,
+                           env={**env, "XDG_STATE_HOME": str(tmp_path)})  # fmt: skip
+    assert plain.returncode == 0, plain.stderr
+    assert "ok: embedded defaults" in plain.stdout and "model demo -> demo" in plain.stdout
+    assert f"store: sqlite {tmp_path}/llm-gateway/llm-gateway.sqlite3" in plain.stdout
+    ported = subprocess.run(gateway_command("check-config"), capture_output=True, text=True,
+                            env={**env, "LLM_GATEWAY_PORT": "9001"})  # fmt: skip
+    assert ported.returncode == 0 and "ok: environment" in ported.stdout
+    bad = subprocess.run(gateway_command("check-config"), capture_output=True, text=True,
+                         env={**env, "LLM_GATEWAY_PORT": "eighty"})  # fmt: skip
+    assert bad.returncode == 1 and "server.port" in bad.stderr

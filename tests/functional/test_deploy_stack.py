@@ -36,7 +36,7 @@ def referenced_metrics() -> set[str]:
     """Metric names used by the alert rules and the dashboard."""
     text = (DEPLOY / "prometheus/alerts.yml").read_text()
     dashboard = json.loads((DEPLOY / "grafana/llm-gateway.json").read_text())
-    text += " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    text += " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
     return set(re.findall(r"\bllm_gateway_[a-z_]+", text))
 
 
