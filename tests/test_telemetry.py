@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -90,7 +91,11 @@ async def test_request_span_continues_traceparent_with_genai_attributes(
     assert response.status == 200
     await response.read()
     await client.close()
-    spans = {span.kind: span for span in exporter.get_finished_spans()}
+    for _ in range(100):  # the server span ends when the handler has returned, a moment after
+        spans = {span.kind: span for span in exporter.get_finished_spans()}
+        if SpanKind.SERVER in spans and SpanKind.CLIENT in spans:
+            break
+        await asyncio.sleep(0.02)
     server, attempt = spans[SpanKind.SERVER], spans[SpanKind.CLIENT]
     assert format(server.context.trace_id, "032x") == TRACE_ID
     assert server.parent is not None and format(server.parent.span_id, "016x") == CLIENT_SPAN
