@@ -291,7 +291,8 @@ async def migrate(pool: asyncpg.Pool) -> list[int]:
 
 async def _record_events(db: asyncpg.Connection, events: list[StatsEvent]) -> int:
     # Sorted ids and sorted rollups: two consumers applying overlapping batches lock in one order.
-    ordered = sorted(events, key=lambda e: e.event_id)
+    unique = {e.event_id: e for e in events}  # a batch may repeat an event (a redelivery)
+    ordered = [unique[i] for i in sorted(unique)]
     columns = [[getattr(e, name) for e in ordered] for name, _ in _EVENT_COLUMNS]
     new_ids = {r[0] for r in await db.fetch(_INSERT_EVENTS, *columns)}
     fresh = [e for e in ordered if e.event_id in new_ids]
