@@ -26,7 +26,8 @@ SERVICE_USER = "postgres"
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+    debian = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    found = shutil.which(name) or (debian[-1] if debian else None)
     if found is None:
         raise RuntimeError(
             f"{name} is not installed: run bin/ensure-test-tools (make test does), which installs "

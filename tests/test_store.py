@@ -1,4 +1,4 @@
-"""The three stores behave alike: keys, max-requests, usage events applied once, queries, outages."""
+"""The three stores behave alike: keys, max-requests, events applied once, queries, outages."""
 
 from __future__ import annotations
 

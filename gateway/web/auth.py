@@ -95,7 +95,6 @@ class Authenticator:
                 self._cache.popitem(last=False)
         return check_usable(record, time.time())
 
-
     async def _lookup(self, digest: str) -> KeyRecord | None:
         """One store query per key at a time: concurrent callers await the same answer."""
         pending = self._lookups.get(digest)
