@@ -38,6 +38,9 @@ log = logging.getLogger("gateway.bus")
 GROUP = "store"
 SEND_BATCH = 500  # XADDs per pipeline
 CLAIM_EVERY = 1.0  # seconds between XAUTOCLAIM rounds
+# Consumers of dead workers, with nothing pending, leave the group after an hour idle.
+FORGET_CONSUMER_AFTER = 3600.0
+FORGET_EVERY = 60.0
 
 
 def stream_key(prefix: str) -> str:
@@ -184,6 +187,7 @@ class BusConsumer:
         self._pending: dict[str, StatsEvent | None] = {}
         self._first_at: float | None = None
         self._last_claim = 0.0
+        self._last_forget = 0.0
         self._task: asyncio.Task[None] | None = None
         self.committed = 0
         self.claimed = 0
@@ -226,6 +230,9 @@ class BusConsumer:
     async def _step(self) -> None:
         """Claim what dead consumers left, read more, and commit once a batch is due."""
         now = time.monotonic()
+        if now - self._last_forget >= FORGET_EVERY:
+            self._last_forget = now
+            await self._forget_dead_consumers()
         room = self._settings.flush_events - len(self._pending)
         if room > 0 and now - self._last_claim >= CLAIM_EVERY:
             self._last_claim = now
@@ -260,6 +267,16 @@ class BusConsumer:
             or time.monotonic() - (self._first_at or 0.0) >= self._settings.flush_interval
         ):
             await self.commit()
+
+    async def _forget_dead_consumers(self) -> None:
+        """Remove consumers idle for an hour with nothing pending (workers that are gone)."""
+        consumers = await self._call(self._redis.xinfo_consumers(self._stream, GROUP))
+        for consumer in consumers:
+            idle = int(consumer.get("idle", 0)) / 1000
+            gone = consumer["name"] != self.name and not consumer["pending"]
+            if gone and idle > FORGET_CONSUMER_AFTER:
+                name = consumer["name"]
+                await self._call(self._redis.xgroup_delconsumer(self._stream, GROUP, name))
 
     def _take(self, entries: list[Any]) -> int:
         taken = 0

@@ -79,7 +79,11 @@ def read_spool(path: Path, *, now: float | None = None) -> Recovery:
             if line["p"] in begun:
                 begun[line["p"]].update(line)
         elif "e" in line:
-            event = StatsEvent(**line["e"])
+            try:
+                event = StatsEvent(**line["e"])
+            except TypeError:
+                log.error("unreadable event in a spool; skipped", extra={"spool": str(path)})
+                continue
             ended[event.event_id] = event
         elif "d" in line:
             delivered.update(line["d"])

@@ -169,6 +169,15 @@ def run(config: Config) -> int:
     except preflight.PreflightError as exc:
         log.error(f"llm-gateway cannot start: {exc}")
         return 2
+    spool_dir = Path(config.stats.spool_dir or f"{config.store.path}.spool")
+    try:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(spool_dir, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as exc:
+        log.error(f"llm-gateway cannot start: the usage spool directory {spool_dir} (stats."
+                  f"spool_dir) cannot be used: {exc}")  # fmt: skip
+        return 2
     metrics_dir = _metrics_directory()
     reservation = reserve_port(settings.host, settings.port)
     port = reservation.getsockname()[1]

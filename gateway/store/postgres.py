@@ -29,6 +29,8 @@ from gateway.store.base import (
 )
 
 DEFAULT_POOL_SIZE = 8
+# After a failed connect, calls fail at once for this long instead of each waiting to connect.
+CONNECT_RETRY_SECONDS = 1.0
 # Any 64-bit number of our own: serialises migrations across every process sharing the database.
 MIGRATION_LOCK = 0x6C6C6D6777  # "llmgw"
 
@@ -121,6 +123,7 @@ class PostgresStore:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+        self._retry_at = 0.0
 
     async def open(self) -> None:
         await self._connected()
@@ -130,10 +133,13 @@ class PostgresStore:
         start-up connects once it is back."""
         if self._pool is not None:
             return self._pool
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._retry_at or self._opening.locked():
+            raise StoreUnavailable("PostgreSQL store: not connected (retrying)")
         async with self._opening:
             if self._pool is None:
                 try:
-                    async with asyncio.timeout(self._timeout * 5):
+                    async with asyncio.timeout(self._timeout * 3):
                         pool = await asyncpg.create_pool(
                             self._url,
                             min_size=1,
@@ -147,6 +153,7 @@ class PostgresStore:
                             await pool.close()
                             raise
                 except _ERRORS as exc:
+                    self._retry_at = loop.time() + CONNECT_RETRY_SECONDS
                     raise _unavailable(exc) from exc
                 self._pool = pool
         return self._pool
