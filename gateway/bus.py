@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gateway import metrics
+from gateway.background import cancel_and_wait
 from gateway.config import StatsSettings
 from gateway.spool import Spool
 from gateway.stats import RETRY_BACKOFF_MAX, SidecarStatistics
@@ -147,8 +148,7 @@ class BusPublisher:
     async def stop(self, deadline: float) -> None:
         """Stop the task, then send what is left, retrying until ``deadline``."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
+            await cancel_and_wait(self._task)
             self._task = None
         delay = 0.2
         while self._queue and not await self._send():
@@ -313,8 +313,7 @@ class BusConsumer:
         """Stop reading; commit what was read if the store answers before ``deadline`` (what is
         left unacknowledged is claimed by another consumer, or this one's successor)."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
+            await cancel_and_wait(self._task)
             self._task = None
         if self._pending:
             with contextlib.suppress(*REDIS_ERRORS, StoreUnavailable):

@@ -24,6 +24,7 @@ from typing import NamedTuple, Protocol
 from prometheus_async import aio
 
 from gateway import metrics
+from gateway.background import cancel_and_wait
 from gateway.config import StatsSettings
 from gateway.spool import Spool
 from gateway.store.base import StatsEvent, Store, StoreUnavailable, aggregate
@@ -156,8 +157,7 @@ class StatsSidecar:
     async def stop(self, deadline: float) -> None:
         """Stop the task, then seal and flush everything, retrying until ``deadline``."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])  # waits without re-raising the task's cancellation
+            await cancel_and_wait(self._task)
             self._task = None
         self._seal()
         delay = 0.2

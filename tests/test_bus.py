@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.background import cancel_and_wait
 from gateway.bus import GROUP, BusConsumer, BusPublisher, stream_key
 from gateway.config import StatsSettings
 from gateway.spool import Spool, read_spool
@@ -56,8 +57,7 @@ async def test_a_dead_consumers_events_are_claimed_and_counted_once(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     assert first._task is not None
-    first._task.cancel()  # dies between read and ack: nothing acknowledged
-    await asyncio.wait([first._task])
+    await cancel_and_wait(first._task)  # dies between read and ack: nothing acknowledged
     store.down = False
     store.fail_after_apply = 1  # the second consumer's first commit lands but is not acked
     second = BusConsumer(redis_url, store, stream=stream, settings=SETTINGS, name="second")
