@@ -37,7 +37,7 @@ async def test_a_dead_consumers_events_are_claimed_and_counted_once(
     """A consumer that read events and died before acknowledging them leaves them pending;
     another claims them after claim_after, and the store counts each event once."""
     stream = stream_key(redis_prefix)
-    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
     publisher = BusPublisher(redis, stream=stream, settings=SETTINGS)
     store = FakeStore()
     store.down = True  # the first consumer reads but cannot commit
