@@ -14,6 +14,15 @@ def mark_retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel a loop task and wait for it to end, cancelling again if a cancellation was lost
+    (on Python 3.11 ``asyncio.timeout`` can turn an outside cancel that coincides with its own
+    expiry into a TimeoutError, which the loop's retry handler would then swallow)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+
+
 class BackgroundTasks:
     """At most ``limit`` tasks at once; beyond it new work is dropped."""
 

@@ -125,27 +125,36 @@ class ServerSettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """Where keys and usage are kept: a SQLite file, or Redis when ``redis_url`` is set."""
+    """Where keys and usage are kept: PostgreSQL when ``url`` is set, else Redis when
+    ``redis_url`` is set, else a SQLite file. Redis also carries limits, cache and streams."""
 
     path: str = "llm-gateway.sqlite3"  # load_config: under the user's state directory
+    url: str | None = field(default=None, repr=False)  # postgresql://...
+    pool_size: int = 8  # PostgreSQL connections per worker
     redis_url: str | None = field(default=None, repr=False)
     redis_prefix: str = "llmgw"
     timeout: float = 2.0
 
     @property
     def shared(self) -> bool:
-        """A shared (Redis) store: the multi-instance mode, where auth is always on."""
-        return self.redis_url is not None
+        """A shared store (PostgreSQL or Redis): the multi-instance mode, auth always on."""
+        return self.redis_url is not None or self.url is not None
 
 
 @dataclass(frozen=True, slots=True)
 class StatsSettings:
-    """The stats sidecar: flush every ``flush_interval`` s or ``flush_events`` events."""
+    """Usage delivery: batches every ``flush_interval`` s or ``flush_events`` events; with Redis
+    through the usage bus (a Redis Stream and a consumer group), always through a local spool."""
 
     flush_interval: float = 5.0
     flush_events: int = 100
     buffer_size: int = 1000
     max_pending_batches: int = 10_000
+    spool_dir: str | None = None  # default: next to store.path ("<path>.spool")
+    fsync_interval: float = 0.2  # the spool is fsynced this often (the power-loss window)
+    bus: bool = True  # with Redis configured, deliver through the Redis Stream
+    consume: bool = True  # this instance's workers consume the bus into the store
+    claim_after: float = 30.0  # an event read but not acknowledged this long is claimed
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,9 +312,10 @@ _TOP_LEVEL_KEYS = {
 # Short environment names for settings people set most: LLM_GATEWAY_REDIS_URL and so on.
 _ENV_ALIASES = {
     "redis_url": ["store", "redis_url"],
+    "database_url": ["store", "url"],
     "master_key": ["auth", "master_key"],
 }
-_RAW_STRING_KEYS = {"redis_url", "master_key", "api_key", "path"}
+_RAW_STRING_KEYS = {"redis_url", "url", "master_key", "api_key", "path", "spool_dir"}
 UPSTREAM_TYPE_NAMES = ("openai", "azure", "anthropic", "gemini")
 _DEPLOYMENT_KEYS = {
     "type",
@@ -583,10 +593,18 @@ def _build_routing(raw: Mapping[str, Any], source: str) -> RoutingSettings:
 
 
 def _build_store(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> StoreSettings:
-    _reject_unknown(raw, {"path", "redis_url", "redis_prefix", "timeout"}, "store.", source)
+    known = {"path", "url", "pool_size", "redis_url", "redis_prefix", "timeout"}
+    _reject_unknown(raw, known, "store.", source)
     values: dict[str, Any] = {"path": str(default_store_path(environ))}
     if "path" in raw:
         values["path"] = _string(raw["path"], "store.path", source)
+    if raw.get("url") is not None:
+        url = _secret(raw["url"], "store.url", source, environ)
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"{source}: store.url: must start with postgresql:// or postgres://")
+        values["url"] = url
+    if "pool_size" in raw:
+        values["pool_size"] = _integer(raw["pool_size"], "store.pool_size", source, minimum=1)
     if raw.get("redis_url") is not None:
         url = _secret(raw["redis_url"], "store.redis_url", source, environ)
         if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -602,11 +620,18 @@ def _build_store(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
 
 
 def _build_stats(raw: Mapping[str, Any], source: str) -> StatsSettings:
-    known = {"flush_interval", "flush_events", "buffer_size", "max_pending_batches"}
+    known = {"flush_interval", "flush_events", "buffer_size", "max_pending_batches", "spool_dir",
+             "fsync_interval", "bus", "consume", "claim_after"}  # fmt: skip
     _reject_unknown(raw, known, "stats.", source)
     values: dict[str, Any] = {}
-    if "flush_interval" in raw:
-        values["flush_interval"] = _positive(raw["flush_interval"], "stats.flush_interval", source)
+    for key in ("flush_interval", "fsync_interval", "claim_after"):
+        if key in raw:
+            values[key] = _positive(raw[key], f"stats.{key}", source)
+    for key in ("bus", "consume"):
+        if key in raw:
+            values[key] = _boolean(raw[key], f"stats.{key}", source)
+    if "spool_dir" in raw:
+        values["spool_dir"] = _string(raw["spool_dir"], "stats.spool_dir", source)
     for key in ("flush_events", "buffer_size", "max_pending_batches"):
         if key in raw:
             values[key] = _integer(raw[key], f"stats.{key}", source, minimum=1)

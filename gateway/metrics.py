@@ -120,7 +120,16 @@ STATS_FLUSHED = Counter(
     "llm_gateway_stats_events_flushed_total", "Stats events written to the store."
 )
 STATS_DROPPED = Counter(
-    "llm_gateway_stats_events_dropped_total", "Stats events lost because a buffer was full."
+    "llm_gateway_stats_events_dropped_total",
+    "Stats events that left memory because a buffer was full (they stay in the spool).",
+)
+WORKER_CRASH_REQUESTS = Counter(
+    "llm_gateway_worker_crash_requests_total",
+    "Requests in flight on a worker that died, recorded as worker_crash from its spool.",
+)
+WORKER_CRASH_UNDELIVERED = Counter(
+    "llm_gateway_worker_crash_undelivered_events_total",
+    "Stats events a dead worker had not yet delivered, replayed from its spool.",
 )
 STATS_FLUSH_FAILURES = Counter(
     "llm_gateway_stats_flush_failures_total", "Flushes that failed and will be retried."

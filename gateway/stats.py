@@ -1,14 +1,14 @@
-"""Stats events and the sidecar that batches them into the store.
+"""Stats events and the sidecar that batches them into the store (the sink without Redis).
 
-Every request publishes exactly one :class:`StatsEvent`; ``publish`` is a plain append to a bounded
-buffer, so the request path never waits for the store. The sidecar task seals the buffer into a
-batch every ``flush_events`` events or ``flush_interval`` seconds, whichever comes first, and
-applies sealed batches to the store in order.
+Every request publishes exactly one :class:`StatsEvent`; ``publish`` writes it to the worker's
+spool and appends it to a bounded buffer, so the request path never waits for the store. The
+sidecar task seals the buffer into a batch every ``flush_events`` events or ``flush_interval``
+seconds, whichever comes first, and applies sealed batches to the store in order.
 
-Nothing is lost while the store is down: sealed batches wait (aggregated per key, model and day,
-so they are small) and are retried with backoff under the same batch id, which the store applies
-at most once. Only when the bounded buffers overflow are events dropped, and then they are counted,
-logged and exported. ``stop`` seals and flushes everything before the worker exits.
+Nothing is lost while the store is down: sealed batches wait and are retried with backoff; the
+store applies each event id at most once. When the bounded buffers overflow, events leave memory
+(counted, logged and exported as dropped) but stay in the spool, which the next start of a worker
+replays. ``stop`` seals and flushes everything before the worker exits.
 """
 
 from __future__ import annotations
@@ -17,16 +17,19 @@ import asyncio
 import collections
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from prometheus_async import aio
 
 from gateway import metrics
+from gateway.background import cancel_and_wait
 from gateway.config import StatsSettings
-from gateway.store.base import Store, StoreUnavailable, UsageDelta
+from gateway.spool import Spool
+from gateway.store.base import StatsEvent, Store, StoreUnavailable, aggregate
+
+__all__ = ["ANONYMOUS_KEY", "StatsEvent", "StatsSidecar", "UsageSink", "aggregate"]
 
 log = logging.getLogger("gateway.stats")
 
@@ -35,38 +38,16 @@ RETRY_BACKOFF_MAX = 10.0
 
 
 @dataclass(slots=True)
-class StatsEvent:
-    """What one request did, for usage accounting."""
+class Batch:
+    """Sealed events; each is applied to the store at most once thanks to its id."""
 
-    request_id: str
-    key_id: str
-    model: str
-    deployment: str | None
-    route: str
-    status: int
-    prompt_tokens: int
-    completion_tokens: int
-    tokens_exact: bool
-    cache_hit: bool
-    latency_ms: float
-    ttfb_ms: float | None
-    termination: str
-    ts: float  # unix seconds
+    items: list[StatsEvent]
+    oldest: float  # monotonic time of its oldest event
 
     @property
-    def is_error(self) -> bool:
-        """Failed or refused; a client that went away is not an error."""
-        return self.termination not in {"completed", "client_disconnect"}
-
-
-@dataclass(slots=True)
-class Batch:
-    """Sealed events, aggregated; applied to the store at most once thanks to its id."""
-
-    id: str
-    deltas: list[UsageDelta]
-    events: int
-    oldest: float  # monotonic time of its oldest event
+    def events(self) -> int:
+        """How many events the batch holds."""
+        return len(self.items)
 
 
 class SidecarStatistics(NamedTuple):
@@ -80,23 +61,28 @@ class SidecarStatistics(NamedTuple):
     failures: int
 
 
-def aggregate(events: list[StatsEvent]) -> list[UsageDelta]:
-    """Sum events per (key, model, UTC day)."""
-    deltas: dict[tuple[str, str, str], UsageDelta] = {}
-    for event in events:
-        day = time.strftime("%Y-%m-%d", time.gmtime(event.ts))
-        key = (event.key_id, event.model, day)
-        delta = deltas.get(key)
-        if delta is None:
-            delta = deltas[key] = UsageDelta(event.key_id, event.model, day)
-        delta.requests += 1
-        delta.prompt_tokens += event.prompt_tokens
-        delta.completion_tokens += event.completion_tokens
-        delta.estimated_requests += 0 if event.tokens_exact else 1
-        delta.cache_hits += 1 if event.cache_hit else 0
-        delta.errors += 1 if event.is_error else 0
-        delta.last_used = max(delta.last_used, event.ts)
-    return list(deltas.values())
+class UsageSink(Protocol):
+    """Where a worker's stats events go: the store (:class:`StatsSidecar`) or the usage bus."""
+
+    def publish(self, event: StatsEvent) -> None:
+        """Take one event (spooled first); never blocks."""
+        ...
+
+    def replay(self, events: list[StatsEvent]) -> None:
+        """Take events recovered from a dead worker's spool (already spooled)."""
+        ...
+
+    def start(self) -> None:
+        """Start delivering in the running loop."""
+        ...
+
+    async def stop(self, deadline: float) -> None:
+        """Deliver what is left, retrying until ``deadline``."""
+        ...
+
+    def statistics(self) -> SidecarStatistics:
+        """Counters for tests, health and logs."""
+        ...
 
 
 class StatsSidecar:
@@ -107,9 +93,11 @@ class StatsSidecar:
         store: Store,
         settings: StatsSettings,
         *,
+        spool: Spool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._spool = spool
         self._settings = settings
         self._clock = clock
         self._buffer: collections.deque[StatsEvent] = collections.deque()
@@ -119,14 +107,26 @@ class StatsSidecar:
         self._published = self._flushed = self._dropped = self._failures = 0
         self._task: asyncio.Task[None] | None = None
         # prometheus-async times the coroutine (failures included) into the histogram.
-        self._write = aio.time(metrics.STATS_FLUSH_DURATION)(store.apply_usage)
+        self._write = aio.time(metrics.STATS_FLUSH_DURATION)(store.record_events)
 
     # -- the request side: never blocks ----------------------------------------------------------
 
     def publish(self, event: StatsEvent) -> None:
-        """Queue an event; if the buffer is full the event is dropped, counted and logged."""
+        """Spool and queue an event; if the buffer is full it leaves memory, counted and logged."""
+        if self._spool is not None:
+            self._spool.ended(event)
         self._published += 1
         metrics.STATS_PUBLISHED.inc()
+        self._enqueue(event)
+
+    def replay(self, events: list[StatsEvent]) -> None:
+        """Queue events recovered from a spool (sealed at once: they are late already)."""
+        for event in events:
+            self._enqueue(event)
+        self._seal()
+        self._wake.set()
+
+    def _enqueue(self, event: StatsEvent) -> None:
         if len(self._buffer) >= self._settings.buffer_size:
             self._drop(1, "the stats buffer is full")
             return
@@ -157,8 +157,7 @@ class StatsSidecar:
     async def stop(self, deadline: float) -> None:
         """Stop the task, then seal and flush everything, retrying until ``deadline``."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])  # waits without re-raising the task's cancellation
+            await cancel_and_wait(self._task)
             self._task = None
         self._seal()
         delay = 0.2
@@ -217,9 +216,7 @@ class StatsSidecar:
             if len(self._batches) >= self._settings.max_pending_batches:
                 oldest = self._batches.popleft()
                 self._drop(oldest.events, "too many batches are waiting for the store")
-            self._batches.append(
-                Batch(uuid.uuid4().hex, aggregate(events), size, self._buffer_since or 0.0)
-            )
+            self._batches.append(Batch(events, self._buffer_since or self._clock()))
             self._buffer_since = self._clock() if self._buffer else None
 
     async def _apply_pending(self) -> bool:
@@ -228,16 +225,18 @@ class StatsSidecar:
             batch = self._batches[0]
             metrics.STATS_FLUSH_LAG.set(max(0.0, self._clock() - batch.oldest))
             try:
-                await self._write(batch.id, batch.deltas)
+                await self._write(batch.items)
             except StoreUnavailable as exc:
                 self._failures += 1
                 metrics.STATS_FLUSH_FAILURES.inc()
                 log.warning(
                     "stats flush failed; will retry",
-                    extra={"batch": batch.id, "events": batch.events, "error": str(exc)},
+                    extra={"events": batch.events, "error": str(exc)},
                 )
                 return False
             self._batches.popleft()
+            if self._spool is not None:
+                self._spool.delivered([e.event_id for e in batch.items])
             self._flushed += batch.events
             metrics.STATS_FLUSHED.inc(batch.events)
         metrics.STATS_FLUSH_LAG.set(0)
@@ -246,4 +245,6 @@ class StatsSidecar:
     def _drop(self, count: int, reason: str) -> None:
         self._dropped += count
         metrics.STATS_DROPPED.inc(count)
-        log.error("stats events dropped", extra={"dropped": count, "reason": reason})
+        kept = "they stay in the spool for the next start" if self._spool else "they are lost"
+        log.error(f"stats events dropped from memory; {kept}",
+                  extra={"dropped": count, "reason": reason})  # fmt: skip

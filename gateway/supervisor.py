@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
-from gateway import metrics, preflight
+from gateway import metrics, preflight, spool
 from gateway.config import Config
 from gateway.logs import configure_logging
 from gateway.server import run_worker
@@ -46,6 +46,7 @@ class Supervisor:
         """Start the workers and watch them; returns the exit code."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        self._recover_spools("a previous run")
         for index in range(self._config.server.workers):
             self._start(index)
         while not self._stopping:
@@ -84,6 +85,7 @@ class Supervisor:
         process.join()
         if process.pid is not None:
             metrics.mark_worker_dead(process.pid)
+        self._recover_spools(f"worker {index} (pid {process.pid})")
         uptime = time.monotonic() - self._started[index]
         delay = 0.0 if uptime >= HEALTHY_UPTIME else self._backoff.get(index, 0.25) * 2
         self._backoff[index] = min(delay or 0.25, RESTART_BACKOFF_MAX)
@@ -101,6 +103,32 @@ class Supervisor:
             time.sleep(0.05)
         if not self._stopping:
             self._start(index)
+
+    def _recover_spools(self, whose: str) -> None:
+        """Count what dead workers left in their spools: requests in flight (now recorded as
+        worker_crash) and events not yet delivered. The next worker to start delivers them."""
+        settings = self._config.stats
+        directory = Path(settings.spool_dir or f"{self._config.store.path}.spool")
+        try:
+            found = spool.recover_orphans(directory)
+        except OSError as exc:
+            log.error("cannot read the usage spool", extra={"dir": str(directory),
+                                                             "error": str(exc)})  # fmt: skip
+            return
+        if not found.events:
+            return
+        metrics.WORKER_CRASH_REQUESTS.inc(len(found.crashes))
+        metrics.WORKER_CRASH_UNDELIVERED.inc(len(found.ended))
+        log.error(
+            "usage left behind by a dead worker: in-flight requests recorded as worker_crash, "
+            "undelivered events to be replayed",
+            extra={
+                "from": whose,
+                "in_flight": len(found.crashes),
+                "undelivered": len(found.ended),
+                "estimated_completion_tokens": sum(e.completion_tokens for e in found.crashes),
+            },
+        )
 
     def _stop_all(self) -> int:
         """Forward SIGTERM to every worker and wait for their drains to finish."""
@@ -140,6 +168,15 @@ def run(config: Config) -> int:
         auth = preflight.auth_state(config)
     except preflight.PreflightError as exc:
         log.error(f"llm-gateway cannot start: {exc}")
+        return 2
+    spool_dir = Path(config.stats.spool_dir or f"{config.store.path}.spool")
+    try:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(spool_dir, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as exc:
+        log.error(f"llm-gateway cannot start: the usage spool directory {spool_dir} (stats."
+                  f"spool_dir) cannot be used: {exc}")  # fmt: skip
         return 2
     metrics_dir = _metrics_directory()
     reservation = reserve_port(settings.host, settings.port)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from gateway.config import Deployment
 from gateway.errors import GatewayError
-from gateway.store.base import StoreUnavailable, UsageDelta
+from gateway.store.base import StatsEvent, StoreUnavailable
 from gateway.stream import BodyConsumer
 
 
@@ -103,25 +103,24 @@ class FakeUpstreams:
 
 
 class FakeStore:
-    """A Store in memory that applies each batch id once and can be told to fail."""
+    """A Store in memory that applies each event id once and can be told to fail."""
 
     def __init__(self) -> None:
-        self.applied: dict[str, list[UsageDelta]] = {}
+        self.applied: dict[str, StatsEvent] = {}
         self.calls = 0
         self.down = False
         self.fail_after_apply = 0  # apply, then raise: a partial failure seen by the caller
 
-    async def apply_usage(self, batch_id: str, deltas: list[UsageDelta]) -> bool:
+    async def record_events(self, events: list[StatsEvent]) -> int:
         self.calls += 1
         if self.down:
             raise StoreUnavailable("fake store is down")
-        fresh = batch_id not in self.applied
-        if fresh:
-            self.applied[batch_id] = deltas
+        fresh = [e for e in events if e.event_id not in self.applied]
+        self.applied.update((e.event_id, e) for e in fresh)
         if self.fail_after_apply:
             self.fail_after_apply -= 1
             raise StoreUnavailable("fake store failed after applying")
-        return fresh
+        return len(fresh)
 
     def requests(self) -> int:
-        return sum(d.requests for deltas in self.applied.values() for d in deltas)
+        return len(self.applied)

@@ -175,3 +175,19 @@ def test_telemetry_section_is_validated(tmp_path: Path) -> None:
         load_config(write(tmp_path, "telemetry: {endpoint: 'otel:4317'}\n"), {})
     with pytest.raises(ConfigError, match=r"telemetry\.sample_ratio"):
         load_config(write(tmp_path, "telemetry: {sample_ratio: 2}\n"), {})
+
+
+def test_postgresql_store_and_usage_delivery_settings(tmp_path: Path) -> None:
+    """LLM_GATEWAY_DATABASE_URL selects PostgreSQL (a shared store); the stats section takes the
+    spool and bus settings; a URL of another scheme names its key."""
+    config = load_config(None, {"LLM_GATEWAY_DATABASE_URL": "postgresql://u:pw@db:5432/gw",
+                                "LLM_GATEWAY_STATS__CLAIM_AFTER": "5",
+                                "LLM_GATEWAY_STATS__SPOOL_DIR": "/var/spool/gw"})  # fmt: skip
+    assert config.store.url == "postgresql://u:pw@db:5432/gw" and config.store.shared
+    assert config.stats.claim_after == 5 and config.stats.spool_dir == "/var/spool/gw"
+    assert "pw" not in repr(config.store)
+    path = write(tmp_path, "store: {url: 'mysql://db/gw', pool_size: 4}\n")
+    with pytest.raises(ConfigError, match=r"store\.url: must start with postgresql://"):
+        load_config(path, {})
+    with pytest.raises(ConfigError, match=r"stats\.bus"):
+        load_config(write(tmp_path, "stats: {bus: maybe}\n"), {})

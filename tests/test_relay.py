@@ -28,7 +28,10 @@ def upstreams() -> FakeUpstreams:
 async def client(
     aiohttp_client: Callable[..., Awaitable[Client]], upstreams: FakeUpstreams, tmp_path: Path
 ) -> Client:
-    environ = {"LLM_GATEWAY_KEEPALIVE_INTERVAL": "0.2"}
+    environ = {
+        "LLM_GATEWAY_KEEPALIVE_INTERVAL": "0.2",
+        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),  # its spool goes beside it
+    }
     store = SQLiteStore(tmp_path / "store.sqlite3")
     app = make_app(load_config(None, environ), upstreams=upstreams, store=store)
     return await aiohttp_client(app)

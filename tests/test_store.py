@@ -1,4 +1,4 @@
-"""Both stores behave alike: keys, max-requests, idempotent usage batches, queries, outages."""
+"""The three stores behave alike: keys, max-requests, events applied once, queries, outages."""
 
 from __future__ import annotations
 
@@ -11,30 +11,42 @@ from pathlib import Path
 import pytest
 
 from gateway.keys import new_key
-from gateway.store import Store, StoreUnavailable, UsageDelta
+from gateway.store import StatsEvent, Store, StoreUnavailable
+from gateway.store.postgres import PostgresStore, migrate
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore
+from tests.postgres_server import PostgresServer, fetch, postgres_server, postgres_url
 from tests.redis_server import RedisServer, redis_prefix, redis_server, redis_url
 
-__all__ = ["redis_prefix", "redis_server", "redis_url"]
+__all__ = ["postgres_server", "postgres_url", "redis_prefix", "redis_server", "redis_url"]
+
+DAY_TS = 1795305600.0  # 2026-11-22 00:00 UTC
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
         opened: Store = SQLiteStore(tmp_path / "store.sqlite3")
-    else:
+    elif request.param == "redis":
         url = request.getfixturevalue("redis_url")
         opened = RedisStore(url, prefix=request.getfixturevalue("redis_prefix"), timeout=1.0)
+    else:
+        opened = PostgresStore(request.getfixturevalue("postgres_url"), timeout=2.0)
     await opened.open()
     yield opened
     await opened.close()
 
 
-def delta(
-    key: str = "key_a", model: str = "m", day: str = "2026-11-22", **counts: int
-) -> UsageDelta:
-    return UsageDelta(key, model, day, last_used=1000.0, **counts)
+def event(
+    key: str = "key_a", model: str = "m", ts: float = DAY_TS + 1000, *,
+    prompt: int = 0, completion: int = 0, termination: str = "completed",
+    exact: bool = True, cache_hit: bool = False,
+) -> StatsEvent:  # fmt: skip
+    return StatsEvent(
+        request_id="r", key_id=key, model=model, deployment="d", route="/v1/chat/completions",
+        status=200, prompt_tokens=prompt, completion_tokens=completion, tokens_exact=exact,
+        cache_hit=cache_hit, latency_ms=1.0, ttfb_ms=None, termination=termination, ts=ts,
+    )  # fmt: skip
 
 
 async def test_keys_round_trip(store: Store) -> None:
@@ -61,23 +73,26 @@ async def test_take_request_is_exact_under_concurrency(store: Store) -> None:
     assert not await store.take_request("key_x", 20)
 
 
-async def test_batches_apply_once(store: Store) -> None:
-    """A batch adds its counts once; the same batch id again changes nothing."""
-    batch = [delta(requests=2, prompt_tokens=10, completion_tokens=5, errors=1),
-             delta(model="m2", requests=1, cache_hits=1)]  # fmt: skip
-    assert await store.apply_usage("b1", batch)
-    assert not await store.apply_usage("b1", batch)
+async def test_events_apply_once(store: Store) -> None:
+    """Each event id adds its counts once: a batch again, or regrouped with new ones, adds only
+    the new events."""
+    batch = [event(prompt=4, completion=5), event(prompt=6, termination="upstream_error"),
+             event(model="m2", cache_hit=True, exact=False)]  # fmt: skip
+    assert await store.record_events(batch) == 3
+    assert await store.record_events(batch) == 0
+    assert await store.record_events([batch[1], event(ts=DAY_TS + 2000)]) == 1
     counters = await store.key_counters("key_a")
-    assert (counters.requests, counters.prompt_tokens, counters.completion_tokens) == (3, 10, 5)
-    assert (counters.cache_hits, counters.errors, counters.last_used) == (1, 1, 1000.0)
+    assert (counters.requests, counters.prompt_tokens, counters.completion_tokens) == (4, 10, 5)
+    assert (counters.cache_hits, counters.errors, counters.last_used) == (1, 1, DAY_TS + 2000)
+    rows = {r.model: r for r in await store.usage()}
+    assert rows["m2"].estimated_requests == 1 and rows["m"].requests == 3
     assert (await store.key_counters("key_none")).requests == 0
 
 
 async def test_usage_filters_and_order(store: Store) -> None:
     """usage() filters by key, model and first day, ordered by day, key, model."""
-    await store.apply_usage("b1", [delta(day="2026-11-21", requests=1),
-                                   delta(key="key_b", requests=2, completion_tokens=7),
-                                   delta(model="m0", requests=3)])  # fmt: skip
+    await store.record_events([event(ts=DAY_TS - 10), event(key="key_b"),
+                               event(key="key_b", completion=7), event(model="m0")])  # fmt: skip
     rows = await store.usage()
     assert [(r.day, r.key_id, r.model) for r in rows] == [
         ("2026-11-21", "key_a", "m"), ("2026-11-22", "key_a", "m0"), ("2026-11-22", "key_b", "m")
@@ -91,8 +106,8 @@ def _apply_many(path: str, worker: int) -> None:
     async def run() -> None:
         store = SQLiteStore(path)
         await store.open()
-        for i in range(200):
-            await store.apply_usage(f"w{worker}-{i}", [delta(requests=1, prompt_tokens=3)])
+        for _ in range(200):
+            await store.record_events([event(prompt=3)])
         await store.close()
 
     asyncio.run(run())
@@ -124,13 +139,68 @@ async def test_redis_outage_fails_fast_then_recovers(
     store = RedisStore(redis_url, prefix=redis_prefix, timeout=0.5)
     await store.open()
     redis_server.stop()
-    for call in (store.count_keys(), store.apply_usage("b", [delta(requests=1)]),
+    for call in (store.count_keys(), store.record_events([event()]),
                  store.key_by_hash("x"), store.take_request("k", 1)):  # fmt: skip
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await call
         assert time.monotonic() - started < 3
     redis_server.start()
-    assert await store.apply_usage("b", [delta(requests=1)])
+    assert await store.record_events([event()]) == 1
+    assert (await store.key_counters("key_a")).requests == 1
+    await store.close()
+
+
+async def test_postgres_keeps_one_row_per_event(postgres_url: str) -> None:
+    """PostgreSQL keeps each event as a row of its own: the store of record."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    events = [event(completion=n) for n in range(5)]
+    assert await store.record_events(events + events[:2]) == 5
+    rows = await fetch(postgres_url, "SELECT event_id, completion_tokens FROM usage_events")
+    assert sorted((r[0], r[1]) for r in rows) == sorted((e.event_id, e.completion_tokens)
+                                                        for e in events)  # fmt: skip
+    await store.close()
+
+
+async def test_postgres_migrations_once_under_concurrent_starts(postgres_url: str) -> None:
+    """Eight stores opening one new database at once apply each migration exactly once."""
+    stores = [PostgresStore(postgres_url) for _ in range(8)]
+    await asyncio.gather(*(s.open() for s in stores))
+    versions = await fetch(postgres_url, "SELECT version FROM schema_migrations ORDER BY 1")
+    assert [r[0] for r in versions] == [1, 2]
+    import asyncpg
+
+    pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=1)
+    assert await migrate(pool) == []  # nothing left to apply
+    await pool.close()
+    for s in stores:
+        await s.close()
+
+
+async def test_postgres_outage_fails_fast_then_recovers(
+    postgres_server: PostgresServer | None, postgres_url: str
+) -> None:
+    """With PostgreSQL stopped every call raises StoreUnavailable quickly; after a restart the
+    same store object works again."""
+    if postgres_server is None:
+        pytest.fail("this test needs the suite's own PostgreSQL (unset DATABASE_URL)")
+    store = PostgresStore(postgres_url, timeout=0.5)
+    await store.open()
+    postgres_server.stop()
+    for call in (store.count_keys(), store.record_events([event()]), store.key_by_hash("x")):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await call
+        assert time.monotonic() - started < 3
+    postgres_server.start()
+    deadline = time.monotonic() + 10
+    while True:  # the pool notices the restart on its next use of each connection
+        try:
+            assert await store.record_events([event()]) == 1
+            break
+        except StoreUnavailable:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
     assert (await store.key_counters("key_a")).requests == 1
     await store.close()

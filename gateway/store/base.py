@@ -1,12 +1,14 @@
-"""The Store protocol and the records it keeps. Implementations: sqlite.py, redis.py.
+"""The Store protocol and the records it keeps. Implementations: sqlite.py, redis.py, postgres.py.
 
-A store never sees an API key, only its SHA-256 hash. Usage arrives in batches from the stats
-sidecar; every batch carries an id, and applying the same batch id twice changes nothing, so a
-flush retried after a partial failure never counts twice.
+A store never sees an API key, only its SHA-256 hash. Usage arrives as stats events, one per
+request, each with an id of its own that the store applies at most once: a batch retried after a
+partial failure, replayed from a worker's spool or redelivered by the usage bus never counts twice.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +32,42 @@ class KeyRecord:
     max_requests: int | None = None
     expires_at: float | None = None
     revoked_at: float | None = None
+
+
+def new_event_id() -> str:
+    """A random id for one stats event (128 bits, hex)."""
+    return os.urandom(16).hex()
+
+
+@dataclass(slots=True)
+class StatsEvent:
+    """What one request did, for usage accounting: the unit the store applies once."""
+
+    request_id: str
+    key_id: str
+    model: str
+    deployment: str | None
+    route: str
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_exact: bool
+    cache_hit: bool
+    latency_ms: float
+    ttfb_ms: float | None
+    termination: str
+    ts: float  # unix seconds
+    event_id: str = field(default_factory=new_event_id)
+
+    @property
+    def is_error(self) -> bool:
+        """Failed or refused; a client that went away is not an error."""
+        return self.termination not in {"completed", "client_disconnect"}
+
+    @property
+    def day(self) -> str:
+        """The UTC day the request started, as the rollups key it."""
+        return time.strftime("%Y-%m-%d", time.gmtime(self.ts))
 
 
 # The counters kept per (key, model, day), and those also kept for a key's lifetime.
@@ -89,6 +127,24 @@ class KeyCounters:
     extra: dict[str, int] = field(default_factory=dict)
 
 
+def aggregate(events: list[StatsEvent]) -> list[UsageDelta]:
+    """Sum events per (key, model, UTC day), in that order (a stable lock order for stores)."""
+    deltas: dict[tuple[str, str, str], UsageDelta] = {}
+    for event in events:
+        key = (event.key_id, event.model, event.day)
+        delta = deltas.get(key)
+        if delta is None:
+            delta = deltas[key] = UsageDelta(*key)
+        delta.requests += 1
+        delta.prompt_tokens += event.prompt_tokens
+        delta.completion_tokens += event.completion_tokens
+        delta.estimated_requests += 0 if event.tokens_exact else 1
+        delta.cache_hits += 1 if event.cache_hit else 0
+        delta.errors += 1 if event.is_error else 0
+        delta.last_used = max(delta.last_used, event.ts)
+    return [deltas[key] for key in sorted(deltas)]
+
+
 class Store(Protocol):
     """Keys and usage. Every method raises StoreUnavailable when the backend cannot be reached."""
 
@@ -129,8 +185,9 @@ class Store(Protocol):
         nothing counted) once ``limit`` requests were taken."""
         ...
 
-    async def apply_usage(self, batch_id: str, deltas: list[UsageDelta]) -> bool:
-        """Add a batch atomically per key; False when this batch id was applied before."""
+    async def record_events(self, events: list[StatsEvent]) -> int:
+        """Keep each event whose id is new and add it to the rollups, atomically; returns how
+        many were new (an event id applied before changes nothing)."""
         ...
 
     async def key_counters(self, key_id: str) -> KeyCounters:

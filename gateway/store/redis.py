@@ -6,12 +6,13 @@ slot and the store works on Redis Cluster):
     P:{k:<key_id>}:record    hash   the KeyRecord fields
     P:{k:<key_id>}:counters  hash   lifetime counters, and "taken" for max_requests
     P:{k:<key_id>}:daily     hash   "<day>|<model>|<counter>" -> count
-    P:{k:<key_id>}:batches   zset   applied batch ids (score: time), trimmed after 7 days
+    P:{k:<key_id>}:events    zset   applied stats event ids (score: time), trimmed after 7 days
     P:{h:<key_hash>}         string the key id for a hash
     P:{idx}:keys             zset   every key id with usage or a record (score: first seen)
 
-A batch is applied per key by one Lua script that checks and records the batch id and adds the
-counters atomically, so a retried batch never counts twice, even after a partial failure.
+Each stats event is applied by one Lua script that checks and records its id and adds its
+counters atomically, so a retried or redelivered event never counts twice, even after a partial
+failure. (Redis keeps rollups, not one record per request: PostgreSQL is the store of record.)
 Every call is bounded by ``timeout``; any failure is StoreUnavailable, never a hang.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from typing import Any
 
 import orjson
@@ -32,17 +32,18 @@ from gateway.store.base import (
     USAGE_COUNTERS,
     KeyCounters,
     KeyRecord,
+    StatsEvent,
     StoreUnavailable,
-    UsageDelta,
     UsageRow,
+    aggregate,
 )
 
-BATCH_MEMORY_SECONDS = 7 * 86400
+EVENT_MEMORY_SECONDS = 7 * 86400
 # What a Redis call can fail with: the client's errors, the socket's, and our own time bound.
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 MAX_CONNECTIONS = 32  # per worker, shared by the store, the key cache and the rate limiter
 
-# KEYS: batches, counters, daily.  ARGV: batch_id, now, horizon, last_used, then triples
+# KEYS: events, counters, daily.  ARGV: event_id, now, horizon, last_used, then triples
 # (day|model|counter field, counter name, amount).
 _APPLY = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
@@ -67,25 +68,30 @@ return 1
 """
 
 
+def connect_redis(url: str, *, timeout: float) -> aioredis.Redis:
+    """The worker's Redis pool (store, key cache, rate limiter, cache, streams, usage bus)."""
+    # Bounded: a burst of requests waits for one of the pooled connections (within the
+    # timeout) instead of opening a connection each.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry_on_timeout=False,
+        decode_responses=True,
+        health_check_interval=30,
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+
+
 class RedisStore:
     """Keys and usage in Redis."""
 
     def __init__(self, url: str, *, prefix: str = "llmgw", timeout: float = 2.0) -> None:
         self._prefix = prefix
         self._timeout = timeout
-        # Bounded: a burst of requests waits for one of the pooled connections (within the
-        # timeout) instead of opening a connection each.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            decode_responses=True,
-            health_check_interval=30,
-        )
-        self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+        self._redis = connect_redis(url, timeout=timeout)
         self._apply = self._redis.register_script(_APPLY)
         self._take = self._redis.register_script(_TAKE)
 
@@ -168,23 +174,20 @@ class RedisStore:
 
     # -- usage ------------------------------------------------------------------------------------
 
-    async def apply_usage(self, batch_id: str, deltas: list[UsageDelta]) -> bool:
-        groups: dict[str, list[UsageDelta]] = defaultdict(list)
-        for delta in deltas:
-            groups[delta.key_id].append(delta)
+    async def record_events(self, events: list[StatsEvent]) -> int:
         now = time.time()
-        applied = False
-        for key_id, group in groups.items():
-            args: list[Any] = [batch_id, now, now - BATCH_MEMORY_SECONDS]
-            args.append(repr(max(d.last_used for d in group)))
-            for d in group:
+        pipe: Any = self._redis.pipeline(transaction=False)  # queued calls typed as awaitables
+        for event in events:
+            args: list[Any] = [event.event_id, now, now - EVENT_MEMORY_SECONDS, repr(event.ts)]
+            for d in aggregate([event]):
                 for counter in USAGE_COUNTERS:
                     lifetime = counter if counter in KEY_COUNTERS else ""
                     args += [f"{d.day}|{d.model}|{counter}", lifetime, getattr(d, counter)]
-            keys = [self._key(key_id, p) for p in ("batches", "counters", "daily")]
-            await self._do(self._redis.zadd(self._index, {key_id: now}, nx=True))
-            applied = bool(await self._do(self._apply(keys=keys, args=args))) or applied
-        return applied
+            keys = [self._key(event.key_id, p) for p in ("events", "counters", "daily")]
+            pipe.zadd(self._index, {event.key_id: now}, nx=True)
+            await self._apply(keys=keys, args=args, client=pipe)  # queues it in the pipeline
+        results = await self._do(pipe.execute())
+        return sum(int(result) for result in results[1::2])
 
     async def key_counters(self, key_id: str) -> KeyCounters:
         fields = await self._do(self._redis.hgetall(self._key(key_id, "counters")))

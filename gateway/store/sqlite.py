@@ -1,8 +1,10 @@
 """The default store: one SQLite file in WAL mode, shared safely by several worker processes.
 
-sqlite3 blocks, so every call runs in a thread (``asyncio.to_thread``) on one connection guarded by
-a lock. Writes use ``BEGIN IMMEDIATE`` so concurrent processes queue on the file lock (bounded by
-``busy_timeout``) instead of failing halfway through a transaction.
+sqlite3 blocks, so every call runs in a thread. Writes go through one connection on a thread of
+their own and use ``BEGIN IMMEDIATE``, so concurrent processes queue on the file lock (bounded by
+``busy_timeout``) instead of failing halfway through a transaction. Reads run on a separate small
+pool of threads, each with its own connection: in WAL mode a reader never waits for a writer, so a
+stats flush stuck behind another process's lock does not hold up key lookups (issue 12, item 13).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,10 +23,13 @@ from gateway.store.base import (
     USAGE_COUNTERS,
     KeyCounters,
     KeyRecord,
+    StatsEvent,
     StoreUnavailable,
-    UsageDelta,
     UsageRow,
+    aggregate,
 )
+
+READ_THREADS = 4
 
 T = TypeVar("T")
 
@@ -47,8 +53,23 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     last_used REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, model, day)
 );
-CREATE TABLE IF NOT EXISTS applied_batches (batch_id TEXT PRIMARY KEY, applied_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS usage_events (
+    event_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
+    deployment TEXT, route TEXT NOT NULL, status INTEGER NOT NULL, termination TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    tokens_exact INTEGER NOT NULL, cache_hit INTEGER NOT NULL, latency_ms REAL NOT NULL,
+    ttfb_ms REAL, ts REAL NOT NULL
+);
 """
+EVENT_COLUMNS = (
+    "event_id", "request_id", "key_id", "model", "deployment", "route", "status", "termination",
+    "prompt_tokens", "completion_tokens", "tokens_exact", "cache_hit", "latency_ms", "ttfb_ms",
+    "ts",
+)  # fmt: skip
+_INSERT_EVENT = (
+    f"INSERT OR IGNORE INTO usage_events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+)
 _KEY_COLUMNS = (
     "id, name, key_hash, prefix, created_at, models, rpm, tpm, max_requests, expires_at, revoked_at"
 )
@@ -76,21 +97,30 @@ class SQLiteStore:
     def __init__(self, path: str | Path, *, timeout: float = 5.0) -> None:
         self._path = Path(path)
         self._timeout = timeout
-        self._connection: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None  # the writer's
+        # One writer thread (writes queue here, never on the readers' threads) and a few readers.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
+        self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="sqlite-read")
+        self._local = threading.local()
+        self._read_connections: list[sqlite3.Connection] = []
+        self._read_lock = threading.Lock()
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._open)
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._open)
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self._path, timeout=self._timeout, check_same_thread=False, isolation_level=None
+        )
+        connection.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+        return connection
 
     def _open(self) -> None:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(
-                self._path, timeout=self._timeout, check_same_thread=False, isolation_level=None
-            )
+            connection = self._connect()
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
             connection.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open the SQLite store {self._path}: {exc}") from exc
@@ -99,21 +129,49 @@ class SQLiteStore:
     async def close(self) -> None:
         if self._connection is not None:
             connection, self._connection = self._connection, None
-            await asyncio.to_thread(connection.close)
+            await asyncio.get_running_loop().run_in_executor(self._writer, connection.close)
+        await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        for connection in self._read_connections:
+            connection.close()
+        self._read_connections.clear()
 
     async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.to_thread(self._locked, work)
+        """Run a write (or a read that must see the latest writes) on the writer's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._write, work)
 
-    def _locked(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read on a reader thread: in WAL mode it never waits for a writer's lock."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._reading, work)
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._connection is None:
             raise StoreUnavailable("the SQLite store is not open")
-        with self._lock:
+        return self._guarded(work, self._connection)
+
+    def _reading(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._connection is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
             try:
-                return work(self._connection)
-            except sqlite3.IntegrityError:
-                raise
+                connection = self._local.connection = self._connect()
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"SQLite store {self._path}: {exc}") from exc
+            with self._read_lock:
+                self._read_connections.append(connection)
+        return self._guarded(work, connection)
+
+    def _guarded(self, work: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
+        try:
+            return work(db)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self._path}: {exc}") from exc
 
     # -- keys -------------------------------------------------------------------------------------
 
@@ -136,7 +194,7 @@ class SQLiteStore:
         return await self._one("id = ?", key_id)
 
     async def _one(self, where: str, value: str) -> KeyRecord | None:
-        rows = await self._call(
+        rows = await self._read(
             lambda db: db.execute(
                 f"SELECT {_KEY_COLUMNS} FROM keys WHERE {where}", (value,)
             ).fetchall()
@@ -144,7 +202,7 @@ class SQLiteStore:
         return _record(rows[0]) if rows else None
 
     async def list_keys(self) -> list[KeyRecord]:
-        rows = await self._call(
+        rows = await self._read(
             lambda db: db.execute(
                 f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, id"
             ).fetchall()
@@ -162,7 +220,7 @@ class SQLiteStore:
         return await self.key_by_id(key_id) is not None
 
     async def count_keys(self) -> int:
-        rows = await self._call(lambda db: db.execute("SELECT COUNT(*) FROM keys").fetchall())
+        rows = await self._read(lambda db: db.execute("SELECT COUNT(*) FROM keys").fetchall())
         return int(rows[0][0])
 
     async def take_request(self, key_id: str, limit: int) -> bool:
@@ -185,11 +243,11 @@ class SQLiteStore:
 
     # -- usage ------------------------------------------------------------------------------------
 
-    async def apply_usage(self, batch_id: str, deltas: list[UsageDelta]) -> bool:
-        return await self._call(lambda db: _apply(db, batch_id, deltas))
+    async def record_events(self, events: list[StatsEvent]) -> int:
+        return await self._call(lambda db: _record_events(db, events))
 
     async def key_counters(self, key_id: str) -> KeyCounters:
-        rows = await self._call(
+        rows = await self._read(
             lambda db: db.execute(
                 "SELECT requests, prompt_tokens, completion_tokens, cache_hits, errors, last_used "
                 "FROM key_counters WHERE key_id = ?",
@@ -217,23 +275,17 @@ class SQLiteStore:
             f"SELECT key_id, model, day, {', '.join(USAGE_COUNTERS)}, last_used FROM usage_daily "
             f"{clause} ORDER BY day, key_id, model"
         )
-        rows = await self._call(lambda db: db.execute(query, args).fetchall())
+        rows = await self._read(lambda db: db.execute(query, args).fetchall())
         return [UsageRow(*row) for row in rows]
 
 
-def _apply(db: sqlite3.Connection, batch_id: str, deltas: list[UsageDelta]) -> bool:
-    """One transaction: the batch id first (a repeat changes nothing), then every delta."""
+def _record_events(db: sqlite3.Connection, events: list[StatsEvent]) -> int:
+    """One transaction: each new event is kept and added to the rollups; known ids are skipped."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        inserted = db.execute(
-            "INSERT OR IGNORE INTO applied_batches (batch_id, applied_at) "
-            "VALUES (?, strftime('%s','now'))",
-            (batch_id,),
-        ).rowcount
-        if not inserted:
-            db.execute("ROLLBACK")
-            return False
-        for d in deltas:
+        ordered = sorted(events, key=_event_id)
+        fresh = [e for e in ordered if db.execute(_INSERT_EVENT, _row(e)).rowcount]
+        for d in aggregate(fresh):
             db.execute(
                 _UPSERT_DAILY,
                 (d.key_id, d.model, d.day, d.requests, d.prompt_tokens, d.completion_tokens,
@@ -248,7 +300,19 @@ def _apply(db: sqlite3.Connection, batch_id: str, deltas: list[UsageDelta]) -> b
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    return True
+    return len(fresh)
+
+
+def _event_id(event: StatsEvent) -> str:
+    return event.event_id
+
+
+def _row(e: StatsEvent) -> tuple[Any, ...]:
+    return (
+        e.event_id, e.request_id, e.key_id, e.model, e.deployment, e.route, e.status,
+        e.termination, e.prompt_tokens, e.completion_tokens, int(e.tokens_exact),
+        int(e.cache_hit), e.latency_ms, e.ttfb_ms, e.ts,
+    )  # fmt: skip
 
 
 def _record(row: Any) -> KeyRecord:

@@ -3,6 +3,10 @@
 The middleware sits outside error rendering, so it sees the final status of every request,
 including rejected ones, and its ``finally`` also runs when a client disconnect cancels the handler.
 Handlers fill in a :class:`RequestRecord` as they learn the model, the deployment and the tokens.
+
+A request is written to the worker's spool when it starts (:class:`LiveRequests`), and what it has
+learned (key, model, tokens so far) every ``PROGRESS_INTERVAL`` seconds, so a worker killed in the
+middle still leaves a record of it: the supervisor turns it into a ``worker_crash`` event.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ from gateway.config import Config
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.logs import REQUEST_ID
 from gateway.openai import Usage, estimate_prompt_tokens
-from gateway.stats import ANONYMOUS_KEY, StatsEvent, StatsSidecar
+from gateway.spool import Spool
+from gateway.stats import ANONYMOUS_KEY, StatsEvent, UsageSink
+from gateway.store.base import new_event_id
 from gateway.stream import StreamOutcome
 from gateway.trail import TRAIL, Trail
 from gateway.web import access
 from gateway.web.auth import API_KEY
 from gateway.web.keys import CONFIG
+
+PROGRESS_INTERVAL = 0.5
 
 
 @dataclass(slots=True)
@@ -51,12 +59,75 @@ class RequestRecord:
     until: asyncio.Future[None] | None = None
     trail: Trail = field(default_factory=Trail)  # attempts, seen by the router
     cost: float | None = None  # set by spend accounting once it exists; absent from logs till then
+    event_id: str = field(default_factory=new_event_id)  # the spool's begin line and the event
+
+
+class LiveRequests:
+    """The requests in flight on this worker, spooled at start and at every progress tick."""
+
+    def __init__(self, spool: Spool | None) -> None:
+        self._spool = spool
+        self._live: dict[str, tuple[web.Request, RequestRecord, tuple[Any, ...]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def begin(self, request: web.Request, record: RequestRecord) -> None:
+        """A request started: one spool line."""
+        if self._spool is not None:
+            self._live[record.event_id] = (request, record, ())
+            self._spool.begin(record.event_id, request.get(REQUEST_ID, ""), record.ts, request.path)
+
+    def end(self, record: RequestRecord) -> None:
+        """A request ended (its event is spooled by the sink)."""
+        self._live.pop(record.event_id, None)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def start(self) -> None:
+        """Start the progress ticker."""
+        if self._spool is not None:
+            self._task = asyncio.get_running_loop().create_task(self._tick(), name="live-requests")
+
+    async def stop(self) -> None:
+        """Stop the ticker."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            self.write_progress()
+
+    def write_progress(self) -> None:
+        """Spool what changed for each live request since the last tick."""
+        assert self._spool is not None
+        for event_id, (request, record, seen) in list(self._live.items()):
+            key = request.get(API_KEY)
+            outcome = record.stream
+            state = (
+                key.id if key else ANONYMOUS_KEY,
+                record.model,
+                record.deployment or (outcome.deployment if outcome else None),
+                record.body is not None,
+                outcome.content_events if outcome else 0,
+            )
+            if state == seen:
+                continue
+            self._live[event_id] = (request, record, state)
+            prompt = record.extra.get("prompt_estimate")
+            if prompt is None and record.body is not None:
+                prompt = record.extra["prompt_estimate"] = estimate_prompt_tokens(record.body)
+            fields = {"key": state[0], "model": state[1], "dep": state[2],
+                      "prompt": prompt or 0, "completion": state[4]}  # fmt: skip
+            self._spool.progress(event_id, fields)
 
 
 RECORD = web.RequestKey("request_record", RequestRecord)
 # Headers a handler wants on its response, streamed or not (rate-limit state, for one).
 RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])
-SIDECAR = web.AppKey("stats_sidecar", StatsSidecar)
+SIDECAR = web.AppKey("stats_sidecar", UsageSink)
+LIVE_REQUESTS = web.AppKey("live_requests", LiveRequests)
 
 
 @web.middleware
@@ -69,6 +140,7 @@ async def accounting_middleware(request: web.Request, handler: Handler) -> web.S
     record.trail.request_id = request.get(REQUEST_ID)
     request[RECORD] = record
     token = TRAIL.set(record.trail)
+    request.app[LIVE_REQUESTS].begin(request, record)
     status = 499  # the client went away before an answer
     try:
         response = await handler(request)
@@ -86,6 +158,7 @@ async def accounting_middleware(request: web.Request, handler: Handler) -> web.S
 def _account(request: web.Request, record: RequestRecord, status: int, now: float) -> None:
     event = _event(request, record, status, now)
     request.app[SIDECAR].publish(event)
+    request.app[LIVE_REQUESTS].end(record)
     _observe(request.path, record, event)
     config = request.app[CONFIG]
     if config.server.access_log:
@@ -144,6 +217,7 @@ def _event(request: web.Request, record: RequestRecord, status: int, now: float)
         ttfb_ms=None if first is None else (first - record.started) * 1000,
         termination=_termination(record, status),
         ts=record.ts,
+        event_id=record.event_id,
     )
 
 

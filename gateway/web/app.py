@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway import metrics
 from gateway.attempts import ObservedUpstreams
 from gateway.breaker import BreakerState
+from gateway.bus import BusConsumer, BusPublisher, stream_key
 from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from gateway.cache.service import ResponseCache
 from gateway.config import Config
@@ -23,13 +25,14 @@ from gateway.ratelimit import RateLimiter
 from gateway.relay import LiveStreams
 from gateway.resumable import RedisLogs, ResumableStreams
 from gateway.router import Router
-from gateway.stats import StatsSidecar
+from gateway.spool import Spool
+from gateway.stats import StatsSidecar, UsageSink
 from gateway.store import Store, StoreUnavailable, describe, make_store
-from gateway.store.redis import RedisStore
+from gateway.store.redis import RedisStore, connect_redis
 from gateway.stream import Termination
 from gateway.upstream import UpstreamPool, Upstreams
 from gateway.web import handlers, streams
-from gateway.web.accounting import SIDECAR, accounting_middleware
+from gateway.web.accounting import LIVE_REQUESTS, SIDECAR, LiveRequests, accounting_middleware
 from gateway.web.admin import add_admin_routes
 from gateway.web.auth import AUTHENTICATOR, Authenticator, auth_middleware
 from gateway.web.keys import (
@@ -61,6 +64,9 @@ STATIC = Path(__file__).parent / "static"
 
 # How long the final stats flush may keep retrying an unreachable store at shutdown.
 FINAL_FLUSH_SECONDS = 10.0
+REDIS = web.AppKey("redis", aioredis.Redis)  # only with Redis configured
+SPOOL = web.AppKey("usage_spool", Spool)
+BUS_CONSUMER = web.AppKey("usage_bus_consumer", BusConsumer)
 
 
 def make_app(
@@ -95,26 +101,29 @@ def make_app(
     app[STORE] = store or make_store(config.store)
     # The router sends through a wrapper that counts each attempt and, with tracing on, traces it.
     app[ROUTER] = Router(config, ObservedUpstreams(app[POOL], tracing), app[POOL].in_flight)
-    app[SIDECAR] = StatsSidecar(app[STORE], config.stats)
-    app[AUTHENTICATOR] = Authenticator(app[STORE], config.auth, config.store)
     store_now = app[STORE]
+    redis = _redis_client(config, store_now)
+    if redis is not None:
+        app[REDIS] = redis
+    _usage_delivery(app, config, redis)
+    app[AUTHENTICATOR] = Authenticator(app[STORE], config.auth, config.store)
     app[LIMITER] = RateLimiter(
-        store_now.client if isinstance(store_now, RedisStore) else None,
+        redis,
         prefix=config.store.redis_prefix,
         timeout=config.limits.redis_timeout,
         lease_seconds=config.limits.stream_lease,
     )
     # Started in this order, stopped in reverse: stats are flushed before the store closes.
-    app[CACHE] = ResponseCache(config.cache, _cache_backend(config, store_now))
+    app[CACHE] = ResponseCache(config.cache, _cache_backend(config, redis))
     app[MODEL_CATALOG] = ModelCatalog(config)
     app[STREAMS] = ResumableStreams(
         config.streams,
-        RedisLogs(store_now.client, prefix=config.store.redis_prefix, settings=config.streams)
-        if isinstance(store_now, RedisStore)
+        RedisLogs(redis, prefix=config.store.redis_prefix, settings=config.streams)
+        if redis is not None
         else None,
     )
     app.cleanup_ctx.extend(
-        [_store, _sidecar, _limiter, _cache, _upstream_pool, _load_monitor, model_catalog]
+        [_store, _usage, _limiter, _cache, _upstream_pool, _load_monitor, model_catalog]
     )
     if tracing is not None:
         app.cleanup_ctx.append(_telemetry(tracing))
@@ -166,6 +175,41 @@ def _telemetry(tracing: Tracing) -> Callable[[web.Application], AsyncIterator[No
     return run
 
 
+def _redis_client(config: Config, store: Store) -> aioredis.Redis | None:
+    """The Redis pool for limits, cache, streams and the usage bus: the Redis store's own, or
+    one of its own beside a PostgreSQL (or SQLite) store."""
+    if isinstance(store, RedisStore):
+        return store.client
+    if config.store.redis_url:
+        return connect_redis(config.store.redis_url, timeout=config.store.timeout)
+    return None
+
+
+def _usage_delivery(app: web.Application, config: Config, redis: aioredis.Redis | None) -> None:
+    """The spool, and the sink its events go to: the usage bus with Redis, else the store."""
+    settings = config.stats
+    spool = Spool(
+        Path(settings.spool_dir or f"{config.store.path}.spool"),
+        fsync_interval=settings.fsync_interval,
+    )
+    app[SPOOL] = spool
+    app[LIVE_REQUESTS] = LiveRequests(spool)
+    sink: UsageSink
+    if redis is not None and settings.bus and config.store.redis_url:
+        stream = stream_key(config.store.redis_prefix)
+        sink = BusPublisher(
+            redis, stream=stream, settings=settings, spool=spool, timeout=config.store.timeout
+        )
+        if settings.consume:
+            app[BUS_CONSUMER] = BusConsumer(
+                config.store.redis_url, app[STORE], stream=stream, settings=settings,
+                timeout=config.store.timeout,
+            )  # fmt: skip
+    else:
+        sink = StatsSidecar(app[STORE], settings, spool=spool)
+    app[SIDECAR] = sink
+
+
 async def _store(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     try:
@@ -176,15 +220,30 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
                                                             "error": str(exc)})  # fmt: skip
     yield
     await store.close()
+    redis = app.get(REDIS)
+    if redis is not None and not isinstance(store, RedisStore):
+        await redis.aclose()
 
 
-async def _sidecar(app: web.Application) -> AsyncIterator[None]:
-    sidecar = app[SIDECAR]
-    sidecar.start()
+async def _usage(app: web.Application) -> AsyncIterator[None]:
+    """Start: adopt dead workers' spools, start delivering (and consuming). Stop: the reverse,
+    after the last request was accounted."""
+    spool, sink, live = app[SPOOL], app[SIDECAR], app[LIVE_REQUESTS]
+    sink.replay(spool.open())
+    spool.start()
+    sink.start()
+    live.start()
+    consumer = app.get(BUS_CONSUMER)
+    if consumer is not None:
+        consumer.start()
     yield
-    await sidecar.stop(time.monotonic() + FINAL_FLUSH_SECONDS)
-    stats = sidecar.statistics()
-    log.info("stats flushed at shutdown", extra=stats._asdict())
+    deadline = time.monotonic() + FINAL_FLUSH_SECONDS
+    await live.stop()
+    await sink.stop(deadline)
+    if consumer is not None:
+        await consumer.stop(deadline)
+    await spool.close()
+    log.info("stats flushed at shutdown", extra=sink.statistics()._asdict())
 
 
 async def _limiter(app: web.Application) -> AsyncIterator[None]:
@@ -192,15 +251,12 @@ async def _limiter(app: web.Application) -> AsyncIterator[None]:
     await app[LIMITER].close()  # settle what finished requests booked, before the store closes
 
 
-def _cache_backend(config: Config, store: Store) -> CacheBackend:
+def _cache_backend(config: Config, redis: aioredis.Redis | None) -> CacheBackend:
     settings = config.cache
-    shared = isinstance(store, RedisStore)
-    if settings.backend == "redis" and not shared:
-        raise ConfigError("cache.backend: redis needs a Redis store (LLM_GATEWAY_REDIS_URL)")
-    if settings.backend != "memory" and isinstance(store, RedisStore):
-        return RedisBackend(
-            store.client, prefix=config.store.redis_prefix, timeout=settings.redis_timeout
-        )
+    if settings.backend == "redis" and redis is None:
+        raise ConfigError("cache.backend: redis needs Redis (LLM_GATEWAY_REDIS_URL)")
+    if settings.backend != "memory" and redis is not None:
+        return RedisBackend(redis, prefix=config.store.redis_prefix, timeout=settings.redis_timeout)
     return MemoryBackend(settings.max_entries, settings.max_bytes)
 
 

@@ -3,11 +3,14 @@
 Key lookups are cached in-process for ``auth.cache_ttl`` seconds (5 by default), so a revocation
 takes effect within that time on every worker; unknown keys are cached for at most one second.
 While the store is unreachable, a key seen before keeps its last known answer (so an outage does
-not take the API down); a key never seen gets 503 until the store is back.
+not take the API down); a key never seen gets 503 until the store is back. Concurrent lookups of
+one key share one store query, so a burst of requests with a key whose entry just expired costs
+one query, not one each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hmac
 import time
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.background import mark_retrieved
 from gateway.config import AuthSettings, StoreSettings
 from gateway.errors import AuthenticationError, ServiceUnavailable
 from gateway.keys import check_usable, hash_key, invalid_key, looks_like_key
@@ -45,6 +49,7 @@ class Authenticator:
             collections.OrderedDict()
         )
         self._required: tuple[float, bool] | None = None
+        self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
     async def required(self) -> bool:
         """Whether /v1 needs a key: on, off, or (auto) with a Redis store or once a key exists."""
@@ -73,7 +78,7 @@ class Authenticator:
             record = cached[1]
         else:
             try:
-                record = await self._store.key_by_hash(digest)
+                record = await self._lookup(digest)
             except StoreUnavailable as exc:
                 if cached is None:
                     raise ServiceUnavailable(
@@ -89,6 +94,17 @@ class Authenticator:
             while len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
         return check_usable(record, time.time())
+
+    async def _lookup(self, digest: str) -> KeyRecord | None:
+        """One store query per key at a time: concurrent callers await the same answer."""
+        pending = self._lookups.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._store.key_by_hash(digest))
+            self._lookups[digest] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
+            pending.add_done_callback(mark_retrieved)  # a failure with every caller gone
+        # shield: one caller cancelled (its client left) does not cancel the others' query.
+        return await asyncio.shield(pending)
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)

@@ -135,7 +135,9 @@ async def test_secrets_never_appear_in_logs_errors_metrics_or_store(
     await asyncio.sleep(1.0)
     proc.stop()
     seen.append(proc.log())
-    seen.extend(p.read_bytes().decode("latin-1") for p in tmp_path.glob("store.sqlite3*"))
+    # The store and the usage spool (store.sqlite3.spool/) too.
+    files = [p for p in tmp_path.rglob("store.sqlite3*") if p.is_file()]
+    seen.extend(p.read_bytes().decode("latin-1") for p in files)
     for canary in (client_key, client_key[6:], upstream_canary, MASTER_KEY):
         assert not [text for text in seen if canary in text], f"leaked: {canary[:10]}..."
     access = [orjson.loads(line) for line in proc.log().splitlines() if '"gateway.access"' in line]
