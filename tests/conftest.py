@@ -115,7 +115,12 @@ def start_gateway(tmp_path: Path) -> Iterator[object]:
         port = free_port()
         log_path = tmp_path / f"gateway-{len(started)}.log"
         # Each test has a store of its own unless it names one.
-        full_env = {"LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"), **(env or {})}
+        # No readiness announce period on SIGTERM unless a test asks for one: stops stay quick.
+        full_env = {
+            "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),
+            "LLM_GATEWAY_DRAIN_ANNOUNCE": "0",
+            **(env or {}),
+        }
         proc = start_process(
             gateway_command("serve", "--port", str(port), "--workers", str(workers), *args),
             port,

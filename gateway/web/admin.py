@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.errors import InvalidJSON, InvalidRequest, NotFound, PermissionDenied
 from gateway.keys import key_view, new_key, parse_expiry
+from gateway.preflight import weak_master_key
 from gateway.web.auth import check_master_key
 from gateway.web.keys import CONFIG, STORE
 
@@ -20,6 +21,11 @@ def _guard(request: web.Request) -> None:
     if master is None:
         raise PermissionDenied(
             "The admin API is disabled: set LLM_GATEWAY_MASTER_KEY.", code="admin_disabled"
+        )
+    if weak_master_key(master) is not None:
+        # preflight refuses to start with it; an app built some other way stays closed too.
+        raise PermissionDenied(
+            "The admin API is disabled: the master key is too weak.", code="admin_disabled"
         )
     check_master_key(request, master)
 

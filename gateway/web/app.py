@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway import metrics
+from gateway import metrics, redact
 from gateway.attempts import ObservedUpstreams
 from gateway.breaker import BreakerState
 from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
@@ -88,6 +88,7 @@ def make_app(
         ],
     )
     app[CONFIG] = config
+    redact.install(redact.Redactor.for_config(config))
     app[LIVE_STREAMS] = LiveStreams()
     app[WORKER_STATE] = WorkerState()
     app[LOAD] = LoadMonitor(max_lag=config.server.shed_lag, max_queue=config.server.shed_queue)

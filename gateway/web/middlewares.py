@@ -14,6 +14,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway import redact
 from gateway.dialects.base import ClientDialect
 from gateway.errors import (
     GatewayError,
@@ -21,6 +22,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    UpstreamStatusError,
 )
 from gateway.logs import REQUEST_ID
 from gateway.web.accounting import RECORD, RESPONSE_HEADERS
@@ -79,6 +81,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         record = request.get(RECORD)
         if record is not None:
             record.error = exc
+        if isinstance(exc, UpstreamStatusError):
+            exc = redact.installed().status_error(exc)
         return error_response(exc, request.get(CLIENT_DIALECT))
     except web.HTTPException as exc:
         if exc.status < 400:
