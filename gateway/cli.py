@@ -195,6 +195,12 @@ def keys_create(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--expires") from None
     allowed = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
+    unknown = [m for m in allowed or () if config.route_for(m) is None]
+    if unknown:
+        raise click.BadParameter(
+            f"not served by this gateway's configuration: {', '.join(unknown)}",
+            param_hint="--models",
+        )
     key, record = _run(
         manage.create_key(
             config, name, models=allowed, rpm=rpm, tpm=tpm, max_requests=max_requests,

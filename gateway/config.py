@@ -253,6 +253,7 @@ class StreamSettings:
     retention: float = 300.0  # how long its events can be replayed after it ended
     max_events: int = 10_000  # per stream; older events are dropped beyond it
     max_streams: int = 10_000  # resumable streams kept per worker (oldest ended ones go first)
+    max_per_key: int = 16  # running at once per API key (per address without one), per worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,7 +573,7 @@ def _build_streams(raw: Mapping[str, Any], source: str) -> StreamSettings:
     for name in ("grace", "retention"):
         if name in raw:
             values[name] = _positive(raw[name], f"streams.{name}", source)
-    for name in ("max_events", "max_streams"):
+    for name in ("max_events", "max_streams", "max_per_key"):
         if name in raw:
             values[name] = _integer(raw[name], f"streams.{name}", source, minimum=1)
     return StreamSettings(**values)

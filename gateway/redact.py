@@ -1,11 +1,12 @@
 """Secrets scrubbed from what an upstream says before a client sees it (sans-IO: bytes to bytes).
 
 An upstream error body may echo the request it refused ("Incorrect API key provided: Bearer
-sk-..."), its host or its headers. Whatever the gateway passes through, a JSON error or a stream's final error
-event, goes through :func:`error_event` or :meth:`Redactor.status_error` first: every configured
-upstream key and host, and anything shaped like a bearer token or an ``sk-`` key, becomes
-``[redacted]``. An upstream 401/403 is the gateway's misconfiguration, not the client's, so it is
-answered with an error of the gateway's own that names the deployment and drops the upstream's text.
+sk-..."), its host or its headers. Whatever the gateway passes through, a JSON error or a stream's
+final error event, goes through :func:`error_event` or :meth:`Redactor.status_error` first: every
+configured upstream key and host, and anything shaped like a bearer token or an ``sk-`` key,
+becomes ``[redacted]``. An upstream 401/403 is the gateway's misconfiguration, not the client's, so
+it is answered with an error of the gateway's own that names the deployment, without the
+upstream's text.
 
 The replacement has no quote or backslash, so a JSON body stays valid JSON.
 """

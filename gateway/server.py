@@ -17,6 +17,7 @@ from gateway.logs import configure_logging
 from gateway.web import make_app
 from gateway.web.access import JsonAccessLogger
 from gateway.web.keys import LOAD, WORKER_STATE
+from gateway.web.protocol import GatewayRunner
 
 log = logging.getLogger("gateway.server")
 
@@ -57,7 +58,7 @@ async def serve(config: Config, *, port: int, index: int = 0) -> None:
     """Listen on the shared port until told to stop, then drain in-flight work."""
     settings = config.server
     app = make_app(config)
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app,
         # Without it a client that disconnects does not cancel its handler (PITFALLS.md).
         handler_cancellation=True,

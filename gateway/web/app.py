@@ -114,6 +114,7 @@ def make_app(
         if isinstance(store_now, RedisStore)
         else None,
     )
+    app[streams.RESUMABLE_QUOTA] = streams.ResumableQuota(config.streams.max_per_key)
     app.cleanup_ctx.extend(
         [_store, _sidecar, _limiter, _cache, _upstream_pool, _load_monitor, model_catalog]
     )
@@ -176,6 +177,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         log.error("store unreachable at start-up", extra={"store": describe(app[CONFIG].store),
                                                             "error": str(exc)})  # fmt: skip
     yield
+    await app[AUTHENTICATOR].close()
     await store.close()
 
 
@@ -200,7 +202,11 @@ def _cache_backend(config: Config, store: Store) -> CacheBackend:
         raise ConfigError("cache.backend: redis needs a Redis store (LLM_GATEWAY_REDIS_URL)")
     if settings.backend != "memory" and isinstance(store, RedisStore):
         return RedisBackend(
-            store.client, prefix=config.store.redis_prefix, timeout=settings.redis_timeout
+            store.client,
+            prefix=config.store.redis_prefix,
+            timeout=settings.redis_timeout,
+            max_entries=settings.max_entries,
+            max_bytes=settings.max_bytes,
         )
     return MemoryBackend(settings.max_entries, settings.max_bytes)
 
