@@ -157,6 +157,19 @@ def shared_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     proc.stop()
 
 
+@pytest.fixture
+def hostile_upstream(tmp_path: Path) -> Iterator[Proc]:
+    """The suite's hostile upstream (tests/hostile_upstream.py) as a real process."""
+    port = free_port()
+    proc = start_process(
+        [sys.executable, "-m", "tests.hostile_upstream", "--port", str(port)],
+        port,
+        tmp_path / "hostile.log",
+    )
+    yield proc
+    proc.stop()
+
+
 def write_config(tmp_path: Path, mock_url: str, *, server: str = "", deployment: str = "") -> Path:
     """A gateway config with one deployment `mock` on the mock upstream serving `mock-gpt`."""
     path = tmp_path / "gateway.yaml"
