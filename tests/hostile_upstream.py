@@ -47,8 +47,12 @@ def _event(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-CONTENT = {"id": "x", "object": "chat.completion.chunk", "model": "m",
-           "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}  # fmt: skip
+CONTENT = {
+    "id": "x",
+    "object": "chat.completion.chunk",
+    "model": "m",
+    "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+}
 
 
 async def _stream(request: web.Request, body: dict[str, Any], ending: str) -> web.StreamResponse:

@@ -102,7 +102,7 @@ async def test_passed_through_errors_and_error_events_are_redacted(hostile_gatew
 
 
 async def test_no_canary_in_any_error_body_log_line_or_metric(hostile_gateway) -> None:  # type: ignore[no-untyped-def]
-    """The client key and the upstream key appear in no answer, log line or scrape, whatever fails."""
+    """The client and upstream keys appear in no answer, log line or scrape, whatever fails."""
     proc, key = hostile_gateway
     auth = {"Authorization": f"Bearer {key}"}
     url = proc.url + "/v1/chat/completions"
