@@ -18,6 +18,7 @@ from gateway.config import load_config
 from gateway.web import make_app
 from tests.conftest import MASTER_KEY, Proc, create_key, run_cli
 from tests.functional.client import chat_body, read_stream
+from tests.functional.test_deploy_stack import Nginx
 
 # Routes anyone may call without a key: liveness, readiness, the playground, and the operator
 # endpoints that deploy/nginx keeps on an internal listener (/metrics, /health/detailed).
@@ -276,3 +277,22 @@ async def test_a_read_resumable_stream_still_streams(start_gateway) -> None:  # 
         proc.url + "/v1/chat/completions", chat_body(), {"X-Gateway-Resumable": "true"}
     )
     assert result.done and result.headers.get("X-Gateway-Stream-Id")
+
+
+async def test_nginx_keeps_operator_endpoints_off_the_public_listener(
+    start_gateway, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """deploy/nginx: /metrics, /health/detailed and /admin: 404 in public, served internally."""
+    proc: Proc = start_gateway()
+    nginx = Nginx(tmp_path, [proc.port])
+    try:
+        for path in ("/metrics", "/health/detailed", "/admin", "/admin/keys", "/admin/usage"):
+            assert (await fetch("GET", nginx.url + path))[0] == 404, path
+            if path != "/admin":  # the gateway itself has no /admin route
+                internal = f"http://127.0.0.1:{nginx.internal_port}{path}"
+                assert (await fetch("GET", internal))[0] in (200, 403), path
+        assert (await fetch("GET", nginx.url + "/v1/models"))[0] == 200
+        assert (await fetch("GET", nginx.url + "/health/ready"))[0] == 200
+        assert (await fetch("GET", f"http://127.0.0.1:{nginx.internal_port}/v1/models"))[0] == 404
+    finally:
+        nginx.stop()
