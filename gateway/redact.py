@@ -21,9 +21,9 @@ from gateway.config import Config
 from gateway.errors import UpstreamError, UpstreamStatusError
 
 REDACTED = b"[redacted]"
-# A bearer credential up to the next quote, backslash, comma or white space; an OpenAI-style key.
+# A bearer credential (RFC 6750's token characters, 8 or more of them); an OpenAI-style key.
 _TOKEN_PATTERNS = (
-    rb"[Bb][Ee][Aa][Rr][Ee][Rr]\s+[^\s\"'\\,;]+",
+    rb"[Bb][Ee][Aa][Rr][Ee][Rr]\s+[A-Za-z0-9._~+/=\-]{8,}",
     rb"\bsk-[A-Za-z0-9_\-]{6,}",
 )
 # Below this length a configured "secret" (a test placeholder) would redact ordinary words.

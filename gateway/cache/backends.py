@@ -111,7 +111,7 @@ local evicted = 0
 local over = redis.call('ZCARD', index) - max_entries
 if over > 0 then evicted = evicted + drop(redis.call('ZRANGE', index, 0, over - 1)) end
 while bytes > max_bytes and redis.call('ZCARD', index) > 0 do
-  evicted = evicted + drop(redis.call('ZRANGE', index, 0, 15))
+  evicted = evicted + drop(redis.call('ZRANGE', index, 0, 0))
 end
 return evicted
 """
