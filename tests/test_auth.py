@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import AuthSettings, StoreSettings
-from gateway.errors import ServiceUnavailable
+from gateway.errors import AuthenticationError, ServiceUnavailable
 from gateway.keys import hash_key, new_key
 from gateway.store.base import KeyRecord, StoreUnavailable
 from gateway.web.auth import STORE_BREAKER, Authenticator
@@ -55,4 +55,8 @@ async def test_an_outage_is_one_failed_call_then_answers_from_the_cache() -> Non
     clock.now += STORE_BREAKER.recovery + 0.1
     assert (await auth.authenticate(key)).id == record.id  # stale answer, refreshed behind it
     await auth.close()
-    assert store.calls == 3 and auth.breaker.state.name == "CLOSED"
+    # The known key's refresh and the unknown key's lookup both ran once the store was back.
+    assert store.calls == 4 and auth.breaker.state.name == "CLOSED"
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(unknown)  # answered from the lookup made in the background
+    assert store.calls == 4

@@ -39,9 +39,10 @@ T = TypeVar("T")
 class Authenticator:
     """Decides whether auth is on and resolves presented keys, through a small TTL cache.
 
-    The store sits behind a circuit breaker (one failure opens it): while it is open, a key seen
-    before answers from its last known record at once, refreshed in the background, and a key
-    never seen gets 503 at once. No request waits out the store timeout during an outage.
+    The store sits behind a circuit breaker (one failure opens it): until it closes again, a key
+    seen before answers from its last known record at once and a key never seen gets 503 at once,
+    both looked up in the background (the breaker's probe). No request waits out the store
+    timeout during an outage, only the one whose call failed first.
     """
 
     def __init__(
@@ -103,19 +104,18 @@ class Authenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > self._clock():
             return check_usable(cached[1], time.time())
-        if cached is not None and self.breaker.state is not BreakerState.CLOSED:
-            # The store is failing: the last known answer stands, refreshed in the background.
+        if self.breaker.state is not BreakerState.CLOSED:
+            # The store is failing: the last known answer stands, refreshed in the background;
+            # a key never seen is looked up in the background too, for the client's retry.
             self._refresh_later(digest)
+            if cached is None:
+                raise _store_unavailable()
             return check_usable(cached[1], time.time())
         try:
             record = await self._lookup(digest)
         except StoreUnavailable as exc:
             if cached is None:
-                raise ServiceUnavailable(
-                    "API keys cannot be checked right now; try again shortly.",
-                    code="key_store_unavailable",
-                    headers={"Retry-After": "2"},
-                ) from exc
+                raise _store_unavailable() from exc
             return check_usable(cached[1], time.time())
         return check_usable(record, time.time())
 
@@ -146,6 +146,14 @@ class Authenticator:
     async def close(self) -> None:
         """Wait briefly for background refreshes (each bounded by the store timeout)."""
         await self._refreshing.wait(REFRESH_WAIT_SECONDS)
+
+
+def _store_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "API keys cannot be checked right now; try again shortly.",
+        code="key_store_unavailable",
+        headers={"Retry-After": "2"},
+    )
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
