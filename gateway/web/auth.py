@@ -9,6 +9,7 @@ front of the store makes both answers immediate once a call has failed.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hmac
 import time
@@ -18,7 +19,7 @@ from typing import TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.background import BackgroundTasks
+from gateway.background import BackgroundTasks, mark_retrieved
 from gateway.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from gateway.config import AuthSettings, StoreSettings
 from gateway.errors import AuthenticationError, ServiceUnavailable
@@ -64,6 +65,7 @@ class Authenticator:
         self.breaker = CircuitBreaker(STORE_BREAKER, clock=clock)
         self._refreshing = BackgroundTasks(REFRESH_TASKS)
         self._refresh_pending: set[str] = set()
+        self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
     async def guarded(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a store call behind the breaker; StoreUnavailable at once while it is open."""
@@ -120,6 +122,17 @@ class Authenticator:
         return check_usable(record, time.time())
 
     async def _lookup(self, digest: str) -> KeyRecord | None:
+        """One store query per key at a time: concurrent lookups of a key share it (a burst of
+        requests with a cold cache must not take the store's whole connection pool)."""
+        shared = self._lookups.get(digest)
+        if shared is None:
+            shared = asyncio.ensure_future(self._query(digest))
+            shared.add_done_callback(mark_retrieved)
+            self._lookups[digest] = shared
+            shared.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        return await asyncio.shield(shared)
+
+    async def _query(self, digest: str) -> KeyRecord | None:
         record = await self.guarded(lambda: self._store.key_by_hash(digest))
         ttl = self._settings.cache_ttl if record is not None else NEGATIVE_TTL
         self._cache[digest] = (self._clock() + ttl, record)
