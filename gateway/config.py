@@ -318,6 +318,7 @@ _SECTION_CLASSES: dict[str, Any] = {
     "limits": LimitSettings,
     "cache": CacheSettings,
     "streams": StreamSettings,
+    "telemetry": TelemetrySettings,
 }
 # Short environment names for settings people set most: LLM_GATEWAY_REDIS_URL and so on.
 _ENV_ALIASES = {
@@ -450,8 +451,10 @@ def _known_path(parts: list[str]) -> bool:
             len(rest) == 2 or (len(rest) == 3 and rest[2] in nested.get(rest[1], set()))
         )
     fields = _SECTION_FIELDS.get(top)
-    if fields is None:
+    if fields is None and top in _SECTION_CLASSES:
         fields = {f.name for f in dataclasses.fields(_SECTION_CLASSES[top])}
+    if fields is None:
+        return True  # a section checked by its own builder (its errors name the key)
     if rest[0] not in fields:
         return False
     if top == "routing" and len(rest) == 2:
