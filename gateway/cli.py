@@ -58,6 +58,12 @@ def main() -> None:
     default=None,
     help="One JSON line per request (server.access_log) [default: on].",
 )
+@click.option(
+    "--mock-overrides/--no-mock-overrides",
+    default=None,
+    help="Let requests shape the demo model with a 'mock' object or X-Mock-* headers "
+    "[default: only when listening on loopback].",
+)
 def serve(
     config_path: str | None,
     host: str | None,
@@ -67,6 +73,7 @@ def serve(
     upstream_key_env: str | None,
     log_level: str | None,
     access_log: bool | None,
+    mock_overrides: bool | None,
 ) -> None:
     """Start the gateway (embedded defaults when no config: the built-in `demo` model)."""
     from gateway import supervisor
@@ -78,17 +85,16 @@ def serve(
     overrides: dict[str, Any] = {}
     if upstream:
         overrides.update(passthrough_overrides(upstream, upstream_key_env))
-    server = {
-        k: v
-        for k, v in {
-            "host": host,
-            "port": port,
-            "workers": workers,
-            "log_level": log_level,
-            "access_log": access_log,
-        }.items()
-        if v is not None
+    given = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "log_level": log_level,
+        "access_log": access_log,
     }
+    if mock_overrides is not None:
+        given["mock_overrides"] = "on" if mock_overrides else "off"
+    server = {k: v for k, v in given.items() if v is not None}
     if server:
         overrides["server"] = server
     try:
@@ -189,6 +195,12 @@ def keys_create(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--expires") from None
     allowed = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
+    unknown = [m for m in allowed or () if config.route_for(m) is None]
+    if unknown:
+        raise click.BadParameter(
+            f"not served by this gateway's configuration: {', '.join(unknown)}",
+            param_hint="--models",
+        )
     key, record = _run(
         manage.create_key(
             config, name, models=allowed, rpm=rpm, tpm=tpm, max_requests=max_requests,

@@ -121,6 +121,19 @@ class ServerSettings:
     log_level: str = "info"
     access_log: bool = True
     access_log_health: bool = False  # health checks and metric scrapes in the access log too
+    # Whether a request's "mock" object (or X-Mock-* headers) may shape the in-process demo model:
+    # auto allows it only when listening on loopback.
+    mock_overrides: str = "auto"
+    # On SIGTERM, readiness answers 503 for this long while the listener stays open, so a
+    # balancer that only watches readiness stops sending before connections are refused.
+    drain_announce: float = 3.0
+
+    @property
+    def mock_overrides_allowed(self) -> bool:
+        """Client-controlled mock behaviour: on, off, or (auto) only on a loopback address."""
+        if self.mock_overrides != "auto":
+            return self.mock_overrides == "on"
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +262,7 @@ class StreamSettings:
     retention: float = 300.0  # how long its events can be replayed after it ended
     max_events: int = 10_000  # per stream; older events are dropped beyond it
     max_streams: int = 10_000  # resumable streams kept per worker (oldest ended ones go first)
+    max_per_key: int = 16  # running at once per API key (per address without one), per worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +323,12 @@ _TOP_LEVEL_KEYS = {
     "streams",
     "telemetry",
 }
+_SECTION_CLASSES: dict[str, Any] = {
+    "limits": LimitSettings,
+    "cache": CacheSettings,
+    "streams": StreamSettings,
+    "telemetry": TelemetrySettings,
+}
 # Short environment names for settings people set most: LLM_GATEWAY_REDIS_URL and so on.
 _ENV_ALIASES = {
     "redis_url": ["store", "redis_url"],
@@ -348,13 +368,29 @@ def load_config(
     if path is not None:
         source = str(path)
         raw = _read_yaml(Path(path))
-    env_layer = _environment_layer(environ)
+    env_layer, env_names = _environment_layer(environ)
     _merge(raw, env_layer)
     if overrides:
         _merge(raw, dict(overrides))
     if env_layer and path is None:
         source = "environment"
-    return _build(raw, source, environ)
+    try:
+        return _build(raw, source, environ)
+    except ConfigError as exc:
+        raise _blame_variable(exc, source, env_names) from None
+
+
+def _blame_variable(exc: ConfigError, source: str, env_names: Mapping[str, str]) -> ConfigError:
+    """An error about a value the environment set names the variable, not the file."""
+    message = str(exc)
+    if not message.startswith(f"{source}: "):
+        return exc
+    rest = message[len(source) + 2 :]
+    key = rest.split(":", 1)[0]
+    for dotted in sorted(env_names, key=len, reverse=True):
+        if key == dotted or key.startswith((dotted + ".", dotted + "[")):
+            return ConfigError(f"environment {env_names[dotted]}: {rest}")
+    return exc
 
 
 def passthrough_overrides(upstream_url: str, key_env: str | None) -> dict[str, Any]:
@@ -398,12 +434,69 @@ def environment_setting(name: str) -> list[str] | None:
     return None
 
 
-def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+# LLM_GATEWAY_* variables that are read elsewhere and are not settings.
+ENV_NOT_SETTINGS = frozenset({"LLM_GATEWAY_CONFIG"})
+_SECTION_FIELDS: dict[str, set[str]] = {
+    "server": _SERVER_KEYS,
+    "store": {"path", "redis_url", "redis_prefix", "timeout"},
+    "stats": {"flush_interval", "flush_events", "buffer_size", "max_pending_batches"},
+    "auth": {"mode", "master_key", "cache_ttl"},
+    "routing": {"retries", "key_cooldown", "breaker"},
+}
+_BREAKER_KEYS = {"failures", "recovery", "probes"}
+
+
+def _known_path(parts: list[str]) -> bool:
+    """Whether a setting path from the environment names something a config file could set."""
+    top, rest = parts[0], parts[1:]
+    if not rest:
+        return True
+    if top in ("deployments", "models"):
+        if len(rest) == 1:
+            return True
+        if top == "models":
+            return len(rest) == 2 and rest[1] in _ROUTE_KEYS
+        nested = {"timeouts": {"connect", "first_byte", "idle"}, "breaker": _BREAKER_KEYS}
+        return rest[1] in _DEPLOYMENT_KEYS and (
+            len(rest) == 2 or (len(rest) == 3 and rest[2] in nested.get(rest[1], set()))
+        )
+    fields = _SECTION_FIELDS.get(top)
+    if fields is None and top in _SECTION_CLASSES:
+        fields = {f.name for f in dataclasses.fields(_SECTION_CLASSES[top])}
+    if fields is None:
+        return True  # a section checked by its own builder (its errors name the key)
+    if rest[0] not in fields:
+        return False
+    if top == "routing" and len(rest) == 2:
+        inner = (
+            {f.name for f in dataclasses.fields(RetrySettings)}
+            if rest[0] == "retries"
+            else (_BREAKER_KEYS if rest[0] == "breaker" else set())
+        )
+        return rest[1] in inner
+    return len(rest) == 1 or (top == "cache" and rest[0] == "model_ttls" and len(rest) == 2)
+
+
+def _environment_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings the environment sets, and which variable set each (dotted path -> name).
+
+    An ``LLM_GATEWAY_*`` variable that sets nothing, or is set to nothing, is an error: a typo
+    must not start a gateway with a setting silently at its default (auth off, say).
+    """
     layer: dict[str, Any] = {}
+    names: dict[str, str] = {}
     for name, text in environ.items():
-        parts = environment_setting(name) if text else None
-        if parts is None:
-            continue  # other LLM_GATEWAY_* variables (secrets, test knobs) are not settings
+        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_SETTINGS:
+            continue
+        parts = environment_setting(name)
+        if parts is None or not _known_path(parts):
+            raise ConfigError(
+                f"environment {name}: no such setting (variables are LLM_GATEWAY_ plus a "
+                "setting's path with __ between levels, e.g. LLM_GATEWAY_AUTH__MODE)"
+            )
+        if not text.strip():
+            raise ConfigError(f"environment {name}: empty; unset it or give it a value")
+        names[".".join(parts)] = name
         try:
             value = text if parts[-1] in _RAW_STRING_KEYS else yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -412,7 +505,7 @@ def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-    return layer
+    return layer, names
 
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
@@ -493,7 +586,7 @@ def _build_streams(raw: Mapping[str, Any], source: str) -> StreamSettings:
     for name in ("grace", "retention"):
         if name in raw:
             values[name] = _positive(raw[name], f"streams.{name}", source)
-    for name in ("max_events", "max_streams"):
+    for name in ("max_events", "max_streams", "max_per_key"):
         if name in raw:
             values[name] = _integer(raw[name], f"streams.{name}", source, minimum=1)
     return StreamSettings(**values)
@@ -668,7 +761,13 @@ def _build_server(raw: Mapping[str, Any], source: str) -> ServerSettings:
         key = f"server.{f.name}"
         default = getattr(defaults, f.name)
         value = raw[f.name]
-        if isinstance(default, bool):
+        if f.name == "mock_overrides":
+            value = {True: "on", False: "off"}.get(value, value)
+            _check(lambda v: v in ("auto", "on", "off"), value, key, source, "auto, on or off")
+            values[f.name] = value
+        elif f.name == "drain_announce":
+            values[f.name] = _non_negative(value, key, source)
+        elif isinstance(default, bool):
             values[f.name] = _boolean(value, key, source)
         elif isinstance(default, int):
             low = 0 if f.name in ("port", "max_streams") else 1
@@ -860,6 +959,17 @@ def _positive(value: Any, key: str, source: str) -> float:
         source,
         "a positive number",
     )
+    return float(value)
+
+
+def _non_negative(value: Any, key: str, source: str) -> float:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    _check(
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+        value, key, source, "a number of seconds, 0 or more",
+    )  # fmt: skip
     return float(value)
 
 

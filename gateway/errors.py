@@ -164,8 +164,10 @@ class UpstreamStatusError(UpstreamError):
         *,
         content_type: str = "application/json",
         retry_after: str | None = None,
+        deployment: str | None = None,
     ) -> None:
         self.upstream_status = status
+        self.deployment = deployment
         self.body = body
         self.content_type = content_type
         headers = {"Retry-After": retry_after} if retry_after else None

@@ -51,6 +51,27 @@ class ParsedRequest:
         return orjson.dumps(body)
 
 
+# orjson parses up to 1,024 levels but encodes only up to 254: between the two a body would pass
+# here and fail when it is re-encoded for the upstream or the cache key. Far above any real schema.
+MAX_JSON_DEPTH = 128
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` deep (iterative: no recursion)."""
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if isinstance(item, dict) else item
+            below.extend(c for c in children if isinstance(c, dict | list))
+        level = below
+    return False
+
+
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
@@ -64,6 +85,10 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> ParsedRequest:
         raise InvalidJSON(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if _too_deep(body, MAX_JSON_DEPTH):
+        raise InvalidJSON(
+            f"The request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels."
+        )
 
     model = body.get("model")
     if model is None:

@@ -34,11 +34,32 @@ class AuthState:
     reason: str
 
 
+# Values that ship in examples (deploy/kubernetes/secret.yaml): whoever copies them unchanged
+# runs with a master key the whole world can read.
+PLACEHOLDER_WORDS = ("replace", "changeme", "change-me", "example", "placeholder", "your-")
+
+
+def weak_master_key(master_key: str) -> str | None:
+    """Why ``master_key`` must not be used (too short, too few characters, a placeholder)."""
+    if len(master_key) < MIN_MASTER_KEY_LENGTH or len(set(master_key)) < 8:
+        return f"it is weak ({len(master_key)} characters, {len(set(master_key))} distinct)"
+    lowered = master_key.lower()
+    if any(word in lowered for word in PLACEHOLDER_WORDS):
+        return "it is a placeholder from an example, not a secret"
+    return None
+
+
 def auth_state(config: Config) -> AuthState:
-    """Open the store, count keys, and decide; raise PreflightError for a missing master key."""
+    """Open the store, count keys, and decide; raise PreflightError for a missing or weak master
+    key (a weak one refuses start-up even while auth is off: it could mint the first key)."""
+    master_key = config.auth.master_key
+    if master_key is not None and (problem := weak_master_key(master_key)) is not None:
+        raise PreflightError(f"LLM_GATEWAY_MASTER_KEY cannot be used: {problem}: {MASTER_KEY_HINT}")
     state = asyncio.run(_auth_state(config))
-    if state.required:
-        _check_master_key(config.auth.master_key, state.reason)
+    if state.required and master_key is None:
+        raise PreflightError(
+            f"auth is on ({state.reason}) but no master key is set: {MASTER_KEY_HINT}"
+        )
     return state
 
 
@@ -61,13 +82,3 @@ async def _auth_state(config: Config) -> AuthState:
     if count:
         return AuthState(True, f"{count} API key(s) exist in {describe(config.store)}")
     return AuthState(False, f"no API key exists in {describe(config.store)}")
-
-
-def _check_master_key(master_key: str | None, reason: str) -> None:
-    if master_key is None:
-        raise PreflightError(f"auth is on ({reason}) but no master key is set: {MASTER_KEY_HINT}")
-    if len(master_key) < MIN_MASTER_KEY_LENGTH or len(set(master_key)) < 8:
-        raise PreflightError(
-            f"auth is on ({reason}) but the master key is weak "
-            f"({len(master_key)} characters, {len(set(master_key))} distinct): {MASTER_KEY_HINT}"
-        )

@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 import orjson
 from aiohttp import web
 
-from gateway import metrics
+from gateway import metrics, redact
 from gateway.config import ServerSettings
 from gateway.dialects.base import ClientEncoder
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamTimeout
@@ -182,6 +182,7 @@ class ClientRelay:
             source = opened.source
             assert source is not None
             self.source = source  # from here on, leaving detaches (and may cancel) it
+            self.outcome.source = source  # live counters for the spool's progress lines
             self.outcome.hedges = getattr(opened, "hedges", 0)
             self.outcome.hedges_lost = getattr(opened, "hedges_lost", 0)
             self.outcome.deployment = opened.deployment.name
@@ -289,10 +290,11 @@ class ClientRelay:
                     if isinstance(error, UpstreamTimeout)
                     else Termination.UPSTREAM_ERROR
                 )
+            # A provider's message may echo what it was sent: scrubbed of every upstream secret.
             if self.encoder is not None:
-                self._write(self.encoder.error(error))
+                self._write(redact.installed().scrub(self.encoder.error(error)))
             else:
-                self._write(b"data: " + error.to_json() + b"\n\n")
+                self._write(b"data: " + redact.error_event(error.to_json()) + b"\n\n")
         if self.gone:
             return
         try:
@@ -307,6 +309,7 @@ class ClientRelay:
             return
         self.source = None
         outcome = self.outcome
+        outcome.source = None  # the totals below are final; the source is not kept alive
         outcome.events = source.events
         outcome.content_events = source.content_events
         outcome.usage = source.usage

@@ -258,6 +258,7 @@ class ResumableStream:
             opened = await opening
             source = self.source = opened.source
             assert source is not None
+            self.outcome.source = source  # live counters for the spool's progress lines
             self.outcome.deployment = opened.deployment.name
             self.outcome.first_event_at = self._loop.time()
             source.attach(self)
@@ -316,6 +317,7 @@ class ResumableStream:
             await self._changed.wait()
 
     def _record(self, source: EventSource) -> None:
+        self.outcome.source = None
         self.outcome.events = source.events
         self.outcome.content_events = source.content_events
         self.outcome.usage = source.usage

@@ -16,7 +16,8 @@ from gateway.config import Config
 from gateway.logs import configure_logging
 from gateway.web import make_app
 from gateway.web.access import JsonAccessLogger
-from gateway.web.keys import LOAD
+from gateway.web.keys import LOAD, WORKER_STATE
+from gateway.web.protocol import GatewayRunner
 
 log = logging.getLogger("gateway.server")
 
@@ -57,7 +58,7 @@ async def serve(config: Config, *, port: int, index: int = 0) -> None:
     """Listen on the shared port until told to stop, then drain in-flight work."""
     settings = config.server
     app = make_app(config)
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app,
         # Without it a client that disconnects does not cancel its handler (PITFALLS.md).
         handler_cancellation=True,
@@ -82,8 +83,20 @@ async def serve(config: Config, *, port: int, index: int = 0) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
-    # Drain: readiness turns 503, the listening socket closes (the other workers and instances
-    # take new connections), live streams get their grace period, then whatever is left ends.
-    log.info("worker draining", extra={"worker": index, "grace_s": settings.drain_grace})
+    # Drain: readiness turns 503 while the listener stays open for the announce period (a
+    # balancer that only watches readiness stops sending meanwhile), then the listening socket
+    # closes (the other workers and instances take new connections), live streams get their
+    # grace period, then whatever is left ends.
+    app[WORKER_STATE].draining = True
+    log.info(
+        "worker draining",
+        extra={
+            "worker": index,
+            "announce_s": settings.drain_announce,
+            "grace_s": settings.drain_grace,
+        },
+    )
+    if settings.drain_announce:
+        await asyncio.sleep(settings.drain_announce)
     await runner.cleanup()
     log.info("worker stopped", extra={"worker": index})

@@ -21,6 +21,7 @@ import asyncio
 import bisect
 from collections.abc import Callable, Sequence
 
+from gateway import redact
 from gateway.config import Deployment
 from gateway.dialects.base import UpstreamDecoder
 from gateway.errors import GatewayError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
@@ -302,6 +303,8 @@ class EventSource:
                         self._deliver([_frame(data, event.event, event.id)], [data], True)
                         continue
             self.events += 1
+            if data.startswith(_ERROR_PREFIX):
+                data = redact.error_event(data)  # an upstream's own error may echo its key
             parts.append(_frame(data, event.event, event.id))
             payloads.append(data)
             if data.startswith(_ERROR_PREFIX):

@@ -41,8 +41,16 @@ class StreamOutcome:
     usage: Usage | None = None  # as reported by the upstream's usage chunk
     first_event_at: float | None = None
     error: GatewayError | None = None
+    # The stream's event source while it runs: its counters are live (read by the spool every
+    # 0.5 s, so a crashed worker's usage is known); they are copied here when the stream ends.
+    source: EventSource | None = None
     hedges: int = 0  # extra upstream requests sent because the first event was late
     hedges_lost: int = 0  # raced requests that were cancelled (their prompts are still paid)
+
+    @property
+    def live_content_events(self) -> int:
+        """Content events so far: the source's while it runs, then the stream's total."""
+        return self.source.content_events if self.source is not None else self.content_events
 
 
 class BodyConsumer(Protocol):

@@ -136,7 +136,8 @@ class Supervisor:
         for process in self._workers.values():
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self._config.server.drain_grace + 15
+        server = self._config.server
+        deadline = time.monotonic() + server.drain_announce + server.drain_grace + 15
         for process in self._workers.values():
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():

@@ -123,7 +123,7 @@ class UpstreamPool:
         self._leases = {
             name: _Lease(name, d.max_connections) for name, d in self._deployments.items()
         }
-        self._inprocess = InProcessProvider()
+        self._inprocess = InProcessProvider(allow_overrides=config.server.mock_overrides_allowed)
 
     async def start(self) -> None:
         """Create one pool per network deployment (inside the running loop)."""
@@ -190,6 +190,7 @@ class UpstreamPool:
                 error_body,
                 content_type=exchange.content_type,
                 retry_after=exchange.retry_after,
+                deployment=deployment.name,
             )
         return response
 

@@ -115,7 +115,12 @@ def start_gateway(tmp_path: Path) -> Iterator[object]:
         port = free_port()
         log_path = tmp_path / f"gateway-{len(started)}.log"
         # Each test has a store of its own unless it names one.
-        full_env = {"LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"), **(env or {})}
+        # No readiness announce period on SIGTERM unless a test asks for one: stops stay quick.
+        full_env = {
+            "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),
+            "LLM_GATEWAY_DRAIN_ANNOUNCE": "0",
+            **(env or {}),
+        }
         proc = start_process(
             gateway_command("serve", "--port", str(port), "--workers", str(workers), *args),
             port,
@@ -148,6 +153,19 @@ def shared_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("mock") / "mock.log"
     proc = start_process(gateway_command("mock-upstream", "--port", str(port)), port, log_path)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def hostile_upstream(tmp_path: Path) -> Iterator[Proc]:
+    """The suite's hostile upstream (tests/hostile_upstream.py) as a real process."""
+    port = free_port()
+    proc = start_process(
+        [sys.executable, "-m", "tests.hostile_upstream", "--port", str(port)],
+        port,
+        tmp_path / "hostile.log",
+    )
     yield proc
     proc.stop()
 

@@ -261,3 +261,12 @@ async def test_unreachable_redis_cache_is_a_rate_limited_warning(
     await client.aclose()
     fallbacks = [r for r in caplog.records if r.__dict__.get("event") == "cache_fallback"]
     assert len(fallbacks) == 2 and fallbacks[0].__dict__["subject"] == "redis"
+
+
+def test_a_client_ttl_never_exceeds_the_configured_one() -> None:
+    """X-Gateway-Cache-TTL may shorten an entry's life, not lengthen it past cache.ttl."""
+    settings = CacheSettings(ttl=300, model_ttls=(("m", 60.0),))
+    week = decide(parsed(temperature=0), "m", {"X-Gateway-Cache-TTL": "604800"}, "", settings)
+    assert week.ttl == 60
+    short = decide(parsed(temperature=0), "m", {"X-Gateway-Cache-TTL": "5"}, "", settings)
+    assert short.ttl == 5

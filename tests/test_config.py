@@ -107,7 +107,6 @@ def test_passthrough_routes_every_model_name() -> None:
         ("models: {m: {deployments: [demo], fallbacks: [m]}}", {}, "models.m.fallbacks"),
         ("bogus: 1", {}, "bogus"),
         ("- a list", {}, "top level"),
-        ("", {"LLM_GATEWAY_PORT": "x"}, "server.port"),
     ],
 )
 def test_bad_values_name_their_key(
@@ -119,6 +118,48 @@ def test_bad_values_name_their_key(
         load_config(path, environ)
     assert named in str(caught.value)
     assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"LLM_GATEWAY_AUTH_MODE": "on"}, "LLM_GATEWAY_AUTH_MODE"),
+        ({"LLM_GATEWAY_REDISURL": "redis://x:6379/0"}, "LLM_GATEWAY_REDISURL"),
+        ({"LLM_GATEWAY_AUTH__MODE": ""}, "LLM_GATEWAY_AUTH__MODE"),
+        ({"LLM_GATEWAY_AUTH__MOD": "on"}, "LLM_GATEWAY_AUTH__MOD"),
+        ({"LLM_GATEWAY_LIMITS__KEY_RPN": "5"}, "LLM_GATEWAY_LIMITS__KEY_RPN"),
+        ({"LLM_GATEWAY_DEPLOYMENTS__A__BASE_URI": "http://x"}, "DEPLOYMENTS__A__BASE_URI"),
+        ({"LLM_GATEWAY_PORT": "x"}, "LLM_GATEWAY_PORT"),
+        ({"LLM_GATEWAY_AUTH__MODE": "yes please"}, "LLM_GATEWAY_AUTH__MODE"),
+    ],
+)
+def test_environment_mistakes_name_the_variable(
+    tmp_path: Path, environ: dict[str, str], named: str
+) -> None:
+    """A variable that sets no setting, is empty or holds a bad value fails naming itself."""
+    path = write(tmp_path, "server: {workers: 1}")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ)
+    assert named in str(caught.value)
+    assert str(path) not in str(caught.value)
+
+
+def test_environment_settings_that_exist_still_apply() -> None:
+    """Known variables (short and long forms, nested deployment keys) are taken as before."""
+    config = load_config(
+        None,
+        {
+            "LLM_GATEWAY_CONFIG": "ignored-here.yaml",
+            "LLM_GATEWAY_AUTH__MODE": "on",
+            "LLM_GATEWAY_ROUTING__RETRIES__ATTEMPTS": "2",
+            "LLM_GATEWAY_CACHE__MODEL_TTLS__DEMO": "5",
+            "LLM_GATEWAY_DEPLOYMENTS__D__BASE_URL": "http://h:1/v1",
+            "LLM_GATEWAY_DEPLOYMENTS__D__TIMEOUTS__IDLE": "3",
+        },
+    )
+    assert config.auth.mode == "on" and config.routing.retries.attempts == 2
+    assert config.cache.ttl_for("demo") == 5.0
+    assert config.deployments["d"].timeouts.idle == 3.0
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

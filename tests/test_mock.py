@@ -186,3 +186,13 @@ async def test_a_client_leaving_a_paced_unbatched_stream_is_recorded() -> None:
         await runner.cleanup()
     assert stats["disconnected"] == 1 and record["outcome"] == "disconnected"
     assert 1 <= record["events_sent"] < 503
+
+
+def test_mock_overrides_default_to_loopback_only() -> None:
+    """auto allows client mock settings on loopback only; on and off are what they say."""
+    from gateway.config import ServerSettings
+
+    assert ServerSettings(host="127.0.0.1").mock_overrides_allowed
+    assert not ServerSettings(host="0.0.0.0").mock_overrides_allowed
+    assert ServerSettings(host="0.0.0.0", mock_overrides="on").mock_overrides_allowed
+    assert not ServerSettings(mock_overrides="off").mock_overrides_allowed

@@ -72,3 +72,19 @@ def test_invalid_json_has_its_own_code() -> None:
     with pytest.raises(InvalidJSON) as caught:
         parse_request(b"{", Endpoint.CHAT)
     assert caught.value.code == "invalid_json" and caught.value.status == 400
+
+
+def test_nesting_deeper_than_the_limit_is_invalid_json() -> None:
+    """A body nested past MAX_JSON_DEPTH is refused at parse time; one at the limit is taken."""
+    import pytest
+
+    from gateway.errors import InvalidJSON
+    from gateway.openai import MAX_JSON_DEPTH, Endpoint, parse_request
+
+    def body(depth: int) -> bytes:
+        nested = "[" * depth + "]" * depth
+        return f'{{"model":"m","prompt":"p","x":{nested}}}'.encode()
+
+    parse_request(body(MAX_JSON_DEPTH - 1), Endpoint.COMPLETIONS)
+    with pytest.raises(InvalidJSON, match=f"deeper than {MAX_JSON_DEPTH}"):
+        parse_request(body(MAX_JSON_DEPTH), Endpoint.COMPLETIONS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -84,21 +85,75 @@ class MemoryBackend:
         await self._cache.close()
 
 
-class RedisBackend:
-    """Entries as JSON strings with a TTL (``P:cache:<scope>:<hash>``)."""
+# One script per store, atomic: write the entry, index it by expiry with its size, forget index
+# entries that expired, then evict the entries closest to expiry until the budget holds.
+_STORE_SCRIPT = """
+local entry, index, sizes, total = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, ttl_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_entries, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+local size = string.len(ARGV[1])
+local old = tonumber(redis.call('HGET', sizes, entry) or '0')
+redis.call('SET', entry, ARGV[1], 'PX', ttl_ms)
+redis.call('ZADD', index, now + ttl_ms, entry)
+redis.call('HSET', sizes, entry, size)
+local bytes = redis.call('INCRBY', total, size - old)
+local function drop(members)
+  for _, member in ipairs(members) do
+    bytes = redis.call('DECRBY', total, tonumber(redis.call('HGET', sizes, member) or '0'))
+    redis.call('HDEL', sizes, member)
+    redis.call('ZREM', index, member)
+    redis.call('UNLINK', member)
+  end
+  return #members
+end
+drop(redis.call('ZRANGEBYSCORE', index, '-inf', now))
+local evicted = 0
+local over = redis.call('ZCARD', index) - max_entries
+if over > 0 then evicted = evicted + drop(redis.call('ZRANGE', index, 0, over - 1)) end
+while bytes > max_bytes and redis.call('ZCARD', index) > 0 do
+  evicted = evicted + drop(redis.call('ZRANGE', index, 0, 0))
+end
+return evicted
+"""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, timeout: float) -> None:
+
+class RedisBackend:
+    """Entries as JSON strings with a TTL, bounded in entries and bytes like the memory tier.
+
+    Every key of the cache is under ``P:cache`` with one hash tag (``{P:cache}:e:<scope>:<hash>``,
+    an index sorted by expiry, the sizes and the byte total), so the store script is atomic on
+    Redis Cluster too. Beyond ``max_entries`` or ``max_bytes`` the entries closest to expiry go
+    first: the cache can never take the memory the limiter, keys and stats need.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        timeout: float,
+        max_entries: int = 10_000,
+        max_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         self._redis = client
-        self._prefix = prefix
+        self._root = "{" + prefix + ":cache}"
+        self._keys = [f"{self._root}:{name}" for name in ("index", "sizes", "bytes")]
         self._timeout = timeout
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._store = client.register_script(_STORE_SCRIPT)
         self.breaker = CircuitBreaker(REDIS_BREAKER)
+
+    def entry_key(self, key: str) -> str:
+        """The Redis key of one entry."""
+        return f"{self._root}:e:{key}"
 
     async def get(self, key: str) -> CacheEntry | None:
         if not self.breaker.allow():
             return None
         try:
             async with asyncio.timeout(self._timeout):
-                raw = await self._redis.get(f"{self._prefix}:cache:{key}")
+                raw = await self._redis.get(self.entry_key(key))
         except REDIS_ERRORS as exc:
             self._failed(exc)
             return None
@@ -112,15 +167,22 @@ class RedisBackend:
             value = entry.dumps()
         except UnicodeDecodeError:
             return False
+        if len(value) > self._max_bytes:
+            return False
+        ttl_ms = max(1, int(ttl * 1000))
         try:
             async with asyncio.timeout(self._timeout):
-                await self._redis.set(
-                    f"{self._prefix}:cache:{key}", value, px=max(1, int(ttl * 1000))
+                now_ms = int(time.time() * 1000)
+                evicted = await self._store(
+                    keys=[self.entry_key(key), *self._keys],
+                    args=[value, now_ms, ttl_ms, self._max_entries, self._max_bytes],
                 )
         except REDIS_ERRORS as exc:
             self._failed(exc)
             return False
         self.breaker.success()
+        if evicted:
+            metrics.CACHE_EVICTIONS.inc(int(evicted))
         return True
 
     def _failed(self, exc: BaseException) -> None:

@@ -6,7 +6,7 @@ unless ``cache.scope`` is global, so one tenant never reads another's answers.
 
 Request headers:
     X-Gateway-Cache: on | off        opt in (mode deterministic) or out
-    X-Gateway-Cache-TTL: seconds     how long this answer is kept
+    X-Gateway-Cache-TTL: seconds     how long this answer is kept (at most the configured TTL)
     X-Gateway-Cache-Replay: paced    replay a stream with its recorded timing
     Cache-Control: no-cache          skip the lookup, store the answer
     Cache-Control: no-store          neither look up nor store
@@ -72,6 +72,8 @@ def decide(
                 f"X-Gateway-Cache-TTL must be a number of seconds from 0 to {MAX_TTL:g}.",
                 param="X-Gateway-Cache-TTL",
             )
+        # A client may shorten an entry's life, never lengthen it past what the operator set.
+        ttl = min(ttl, settings.ttl_for(parsed.model))
     material = {k: v for k, v in parsed.body.items() if k not in IGNORED_FIELDS}
     material["model"] = upstream_model
     digest = hashlib.sha256(

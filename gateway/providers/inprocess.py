@@ -107,11 +107,52 @@ class InProcessResponse:
             self._release = None
 
 
-class InProcessProvider:
-    """Answers requests for in-process deployments from the mock's content generators."""
+# A client may shape the demo's answer with a "mock" object or X-Mock-* headers; within these
+# bounds, so that no request blocks the event loop or holds memory or a slot for long.
+MAX_CHUNKS = 4096
+MAX_WORDS = 32_768  # chunks x chunk_size
+MAX_DELAY = 5.0
+MAX_FIRST_BYTE_DELAY = 30.0
+MAX_RETRY_AFTER = 600.0
+MAX_DIMENSIONS = 4096
+MAX_INPUTS = 2048
 
-    def __init__(self, defaults: mock.MockBehaviour = DEMO_BEHAVIOUR) -> None:
+
+def check_bounds(behaviour: mock.MockBehaviour, request: Mapping[str, object]) -> None:
+    """Raise ValueError naming the first mock setting or embeddings field beyond its bound."""
+    limits: list[tuple[str, float, float]] = [
+        ("chunks", behaviour.chunks, MAX_CHUNKS),
+        ("chunks x chunk_size", behaviour.chunks * behaviour.chunk_size, MAX_WORDS),
+        ("delay", behaviour.delay, MAX_DELAY),
+        ("first_byte_delay", behaviour.first_byte_delay, MAX_FIRST_BYTE_DELAY),
+        ("retry_after", behaviour.retry_after or 0.0, MAX_RETRY_AFTER),
+    ]
+    dimensions = request.get("dimensions")
+    if isinstance(dimensions, int):
+        limits.append(("dimensions", dimensions, MAX_DIMENSIONS))
+    inputs = request.get("input")
+    if isinstance(inputs, list):
+        limits.append(("input items", len(inputs), MAX_INPUTS))
+    for name, value, bound in limits:
+        if value > bound:
+            raise ValueError(f"mock setting {name} must be at most {bound:g}, got {value:g}")
+    status = behaviour.fail_status
+    if status is not None and not 400 <= status <= 599:
+        raise ValueError(f"mock setting fail_status must be from 400 to 599, got {status}")
+
+
+class InProcessProvider:
+    """Answers requests for in-process deployments from the mock's content generators.
+
+    ``allow_overrides`` False: the request's "mock" object and X-Mock-* headers are ignored (the
+    default when the gateway listens beyond loopback), so clients cannot make the demo fail.
+    """
+
+    def __init__(
+        self, defaults: mock.MockBehaviour = DEMO_BEHAVIOUR, *, allow_overrides: bool = True
+    ) -> None:
         self._defaults = defaults
+        self._allow_overrides = allow_overrides
 
     async def send(
         self,
@@ -124,7 +165,11 @@ class InProcessProvider:
         dialect = mockdialect.for_path(path)
         try:
             request = orjson.loads(body)
-            behaviour = mock.behaviour_for(self._defaults, request, headers)
+            if self._allow_overrides:
+                behaviour = mock.behaviour_for(self._defaults, request, headers)
+            else:
+                behaviour = self._defaults
+            check_bounds(behaviour, request)
             if dialect is not None:
                 request = dialect[0].parse(body, dialect[1], bool(dialect[2]))
         except ValueError as exc:

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import metrics
-from gateway.config import Config
+from gateway.config import WILDCARD_MODEL, Config
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.logs import REQUEST_ID
 from gateway.openai import Usage, estimate_prompt_tokens
@@ -36,6 +36,10 @@ from gateway.web.auth import API_KEY
 from gateway.web.keys import CONFIG
 
 PROGRESS_INTERVAL = 0.5
+# Label values come from closed sets (PITFALLS.md): a raw path or a client-chosen model name as a
+# label let unauthenticated requests add series without bound.
+UNMATCHED_ROUTE = "unmatched"
+OTHER_MODEL = "other"
 
 
 @dataclass(slots=True)
@@ -110,7 +114,7 @@ class LiveRequests:
                 record.model,
                 record.deployment or (outcome.deployment if outcome else None),
                 record.body is not None,
-                outcome.content_events if outcome else 0,
+                outcome.live_content_events if outcome else 0,
             )
             if state == seen:
                 continue
@@ -159,7 +163,7 @@ def _account(request: web.Request, record: RequestRecord, status: int, now: floa
     event = _event(request, record, status, now)
     request.app[SIDECAR].publish(event)
     request.app[LIVE_REQUESTS].end(record)
-    _observe(request.path, record, event)
+    _observe(route_label(request), model_label(request.app[CONFIG], event.model), record, event)
     config = request.app[CONFIG]
     if config.server.access_log:
         _log_access(request, record, event, config)
@@ -244,8 +248,20 @@ def _termination(record: RequestRecord, status: int) -> str:
     return "rejected" if status < 500 or status == 503 else "error"
 
 
-def _observe(route: str, record: RequestRecord, event: StatsEvent) -> None:
-    model = event.model
+def route_label(request: web.Request) -> str:
+    """The matched route's template (``/v1/streams/{stream_id}/cancel``), else ``unmatched``."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+def model_label(config: Config, model: str | None) -> str:
+    """A configured client model name as is; ``other`` for anything a client made up."""
+    if model is None or model == "unknown":
+        return "unknown"
+    return model if model in config.models and model != WILDCARD_MODEL else OTHER_MODEL
+
+
+def _observe(route: str, model: str, record: RequestRecord, event: StatsEvent) -> None:
     metrics.REQUESTS.labels(route, model, str(event.status)).inc()
     metrics.REQUEST_DURATION.labels(route, model).observe(event.latency_ms / 1000)
     if event.ttfb_ms is not None:

@@ -11,7 +11,9 @@ from aiohttp import web
 
 from gateway.errors import InvalidJSON, InvalidRequest, NotFound, PermissionDenied
 from gateway.keys import key_view, new_key, parse_expiry
+from gateway.preflight import weak_master_key
 from gateway.web.auth import check_master_key
+from gateway.web.handlers import read_body
 from gateway.web.keys import CONFIG, STORE
 
 
@@ -20,6 +22,11 @@ def _guard(request: web.Request) -> None:
     if master is None:
         raise PermissionDenied(
             "The admin API is disabled: set LLM_GATEWAY_MASTER_KEY.", code="admin_disabled"
+        )
+    if weak_master_key(master) is not None:
+        # preflight refuses to start with it; an app built some other way stays closed too.
+        raise PermissionDenied(
+            "The admin API is disabled: the master key is too weak.", code="admin_disabled"
         )
     check_master_key(request, master)
 
@@ -38,8 +45,9 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     """POST /admin/keys: the key is in this answer and nowhere else, ever."""
     _guard(request)
+    raw = await read_body(request, request.app[CONFIG].server)
     try:
-        body = orjson.loads(await request.read() or b"{}")
+        body = orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError:
         raise InvalidJSON("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
@@ -52,6 +60,12 @@ async def create_key(request: web.Request) -> web.Response:
         isinstance(models, list) and models and all(isinstance(m, str) for m in models)
     ):
         raise InvalidRequest("'models' must be a non-empty array of strings.", param="models")
+    unknown = [m for m in models or () if request.app[CONFIG].route_for(m) is None]
+    if unknown:
+        raise InvalidRequest(
+            f"'models' names models this gateway does not serve: {', '.join(unknown)}.",
+            param="models",
+        )
     limits: dict[str, int | None] = {}
     for field in ("rpm", "tpm", "max_requests"):
         value = body.get(field)

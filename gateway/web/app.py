@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway import metrics
+from gateway import metrics, redact
 from gateway.attempts import ObservedUpstreams
 from gateway.breaker import BreakerState
 from gateway.bus import BusConsumer, BusPublisher, stream_key
@@ -94,6 +94,7 @@ def make_app(
         ],
     )
     app[CONFIG] = config
+    redact.install(redact.Redactor.for_config(config))
     app[LIVE_STREAMS] = LiveStreams()
     app[WORKER_STATE] = WorkerState()
     app[LOAD] = LoadMonitor(max_lag=config.server.shed_lag, max_queue=config.server.shed_queue)
@@ -122,6 +123,7 @@ def make_app(
         if redis is not None
         else None,
     )
+    app[streams.RESUMABLE_QUOTA] = streams.ResumableQuota(config.streams.max_per_key)
     app.cleanup_ctx.extend(
         [_store, _usage, _limiter, _cache, _upstream_pool, _load_monitor, model_catalog]
     )
@@ -219,6 +221,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         log.error("store unreachable at start-up", extra={"store": describe(app[CONFIG].store),
                                                             "error": str(exc)})  # fmt: skip
     yield
+    await app[AUTHENTICATOR].close()
     await store.close()
     redis = app.get(REDIS)
     if redis is not None and not isinstance(store, RedisStore):
@@ -256,7 +259,13 @@ def _cache_backend(config: Config, redis: aioredis.Redis | None) -> CacheBackend
     if settings.backend == "redis" and redis is None:
         raise ConfigError("cache.backend: redis needs Redis (LLM_GATEWAY_REDIS_URL)")
     if settings.backend != "memory" and redis is not None:
-        return RedisBackend(redis, prefix=config.store.redis_prefix, timeout=settings.redis_timeout)
+        return RedisBackend(
+            redis,
+            prefix=config.store.redis_prefix,
+            timeout=settings.redis_timeout,
+            max_entries=settings.max_entries,
+            max_bytes=settings.max_bytes,
+        )
     return MemoryBackend(settings.max_entries, settings.max_bytes)
 
 

@@ -3,9 +3,9 @@
 Key lookups are cached in-process for ``auth.cache_ttl`` seconds (5 by default), so a revocation
 takes effect within that time on every worker; unknown keys are cached for at most one second.
 While the store is unreachable, a key seen before keeps its last known answer (so an outage does
-not take the API down); a key never seen gets 503 until the store is back. Concurrent lookups of
-one key share one store query, so a burst of requests with a key whose entry just expired costs
-one query, not one each.
+not take the API down); a key never seen gets 503 until the store is back. A circuit breaker in
+front of the store makes both answers immediate once a call has failed. Concurrent lookups of one
+key share one store query, so a burst with a key whose entry just expired costs one query.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import asyncio
 import collections
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.background import mark_retrieved
+from gateway.background import BackgroundTasks, mark_retrieved
+from gateway.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from gateway.config import AuthSettings, StoreSettings
 from gateway.errors import AuthenticationError, ServiceUnavailable
 from gateway.keys import check_usable, hash_key, invalid_key, looks_like_key
@@ -28,10 +30,22 @@ from gateway.store.base import KeyRecord, Store, StoreUnavailable
 API_KEY = web.RequestKey("api_key", KeyRecord)
 CACHE_ENTRIES = 10_000
 NEGATIVE_TTL = 1.0
+# One failed store call opens it; a probe goes through every 2 s (a background refresh when the
+# key is known, so that no client request waits on it).
+STORE_BREAKER = BreakerSettings(failures=1, recovery=2.0, probes=1)
+REFRESH_TASKS = 64
+REFRESH_WAIT_SECONDS = 3.0
+T = TypeVar("T")
 
 
 class Authenticator:
-    """Decides whether auth is on and resolves presented keys, through a small TTL cache."""
+    """Decides whether auth is on and resolves presented keys, through a small TTL cache.
+
+    The store sits behind a circuit breaker (one failure opens it): until it closes again, a key
+    seen before answers from its last known record at once and a key never seen gets 503 at once,
+    both looked up in the background (the breaker's probe). No request waits out the store
+    timeout during an outage, only the one whose call failed first.
+    """
 
     def __init__(
         self,
@@ -49,7 +63,25 @@ class Authenticator:
             collections.OrderedDict()
         )
         self._required: tuple[float, bool] | None = None
+        self.breaker = CircuitBreaker(STORE_BREAKER, clock=clock)
+        self._refreshing = BackgroundTasks(REFRESH_TASKS)
+        self._refresh_pending: set[str] = set()
         self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
+
+    async def guarded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a store call behind the breaker; StoreUnavailable at once while it is open."""
+        if not self.breaker.allow():
+            raise StoreUnavailable("the store is failing; its circuit breaker is open")
+        try:
+            result = await call()
+        except StoreUnavailable:
+            self.breaker.failure()
+            raise
+        except BaseException:
+            self.breaker.release()
+            raise
+        self.breaker.success()
+        return result
 
     async def required(self) -> bool:
         """Whether /v1 needs a key: on, off, or (auto) with a Redis store or once a key exists."""
@@ -60,7 +92,7 @@ class Authenticator:
         now = self._clock()
         if self._required is None or self._required[0] <= now:
             try:
-                has_keys = await self._store.count_keys() > 0
+                has_keys = await self.guarded(self._store.count_keys) > 0
             except StoreUnavailable:
                 # Keep the last answer; with none, fail closed.
                 has_keys = True if self._required is None else self._required[1]
@@ -72,39 +104,70 @@ class Authenticator:
         if not presented or not looks_like_key(presented):
             raise invalid_key()
         digest = hash_key(presented)
-        now = self._clock()
         cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            record = cached[1]
-        else:
-            try:
-                record = await self._lookup(digest)
-            except StoreUnavailable as exc:
-                if cached is None:
-                    raise ServiceUnavailable(
-                        "API keys cannot be checked right now; try again shortly.",
-                        code="key_store_unavailable",
-                        headers={"Retry-After": "2"},
-                    ) from exc
-                # The store is down: the last known answer for this key stands until it is back.
-                return check_usable(cached[1], time.time())
-            ttl = self._settings.cache_ttl if record is not None else NEGATIVE_TTL
-            self._cache[digest] = (now + ttl, record)
-            self._cache.move_to_end(digest)
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
+        if cached is not None and cached[0] > self._clock():
+            return check_usable(cached[1], time.time())
+        if self.breaker.state is not BreakerState.CLOSED:
+            # The store is failing: the last known answer stands, refreshed in the background;
+            # a key never seen is looked up in the background too, for the client's retry.
+            self._refresh_later(digest)
+            if cached is None:
+                raise _store_unavailable()
+            return check_usable(cached[1], time.time())
+        try:
+            record = await self._lookup(digest)
+        except StoreUnavailable as exc:
+            if cached is None:
+                raise _store_unavailable() from exc
+            return check_usable(cached[1], time.time())
         return check_usable(record, time.time())
 
     async def _lookup(self, digest: str) -> KeyRecord | None:
-        """One store query per key at a time: concurrent callers await the same answer."""
-        pending = self._lookups.get(digest)
-        if pending is None:
-            pending = asyncio.ensure_future(self._store.key_by_hash(digest))
-            self._lookups[digest] = pending
-            pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
-            pending.add_done_callback(mark_retrieved)  # a failure with every caller gone
-        # shield: one caller cancelled (its client left) does not cancel the others' query.
-        return await asyncio.shield(pending)
+        """One store query per key at a time: concurrent lookups of a key share it (a burst of
+        requests with a cold cache must not take the store's whole connection pool)."""
+        shared = self._lookups.get(digest)
+        if shared is None:
+            shared = asyncio.ensure_future(self._query(digest))
+            shared.add_done_callback(mark_retrieved)
+            self._lookups[digest] = shared
+            shared.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        return await asyncio.shield(shared)
+
+    async def _query(self, digest: str) -> KeyRecord | None:
+        record = await self.guarded(lambda: self._store.key_by_hash(digest))
+        ttl = self._settings.cache_ttl if record is not None else NEGATIVE_TTL
+        self._cache[digest] = (self._clock() + ttl, record)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return record
+
+    def _refresh_later(self, digest: str) -> None:
+        if digest in self._refresh_pending:
+            return
+        self._refresh_pending.add(digest)
+        if not self._refreshing.spawn(self._refresh(digest)):
+            self._refresh_pending.discard(digest)
+
+    async def _refresh(self, digest: str) -> None:
+        try:
+            await self._lookup(digest)
+        except StoreUnavailable:
+            pass  # the breaker counted it; the cached answer stays
+        finally:
+            self._refresh_pending.discard(digest)
+
+    async def close(self) -> None:
+        """Wait briefly for background refreshes (each bounded by the store timeout)."""
+        await self._refreshing.wait(REFRESH_WAIT_SECONDS)
+
+
+def _store_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "API keys cannot be checked right now; try again shortly.",
+        code="key_store_unavailable",
+        headers={"Retry-After": "2"},
+    )
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)

@@ -26,13 +26,13 @@ from gateway.relay import relay_stream
 from gateway.store import StoreUnavailable
 from gateway.stream import OpenedUpstream, StreamOutcome
 from gateway.web.accounting import RECORD, SIDECAR
-from gateway.web.auth import API_KEY
+from gateway.web.auth import API_KEY, AUTHENTICATOR
 from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
 from gateway.web.limits import admit, over_capacity
 from gateway.web.middlewares import CLIENT_DIALECT, RESPONSE_HEADERS
 from gateway.web.models import MODEL_CATALOG
 from gateway.web.opener import opener
-from gateway.web.streams import start_resumable, wants_resumable
+from gateway.web.streams import start_resumable, take_resumable_slot, wants_resumable
 
 log = logging.getLogger("gateway.web")
 
@@ -191,6 +191,7 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         record.finishers.append(admission.finish)
     if key is not None and key.max_requests is not None:
         await _take_request(request, key.id, key.max_requests)
+    take_resumable_slot(request, parsed)
 
     cache = request.app[CACHE]
     decision = decide(
@@ -289,7 +290,10 @@ async def _serve_hit(
 async def _take_request(request: web.Request, key_id: str, limit: int) -> None:
     """Count the request against the key's lifetime quota (fails open if the store is down)."""
     try:
-        allowed = await request.app[STORE].take_request(key_id, limit)
+        store = request.app[STORE]
+        allowed = await request.app[AUTHENTICATOR].guarded(
+            lambda: store.take_request(key_id, limit)
+        )
     except StoreUnavailable as exc:
         log.warning("max_requests not checked: store unreachable", extra={"error": str(exc)})
         return

@@ -35,7 +35,7 @@ _MESSAGES = {
     "key_concurrent": "This API key has too many requests in flight.",
 }
 
-LIMIT_SCOPES = [*_MESSAGES, "worker_capacity"]
+LIMIT_SCOPES = [*_MESSAGES, "worker_capacity", "resumable_streams"]
 
 
 @dataclass(slots=True)

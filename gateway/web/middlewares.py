@@ -14,6 +14,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway import redact
 from gateway.dialects.base import ClientDialect
 from gateway.errors import (
     GatewayError,
@@ -21,9 +22,13 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
+    UpstreamStatusError,
 )
 from gateway.logs import REQUEST_ID
+from gateway.store.base import StoreUnavailable
 from gateway.web.accounting import RECORD, RESPONSE_HEADERS
+from gateway.web.auth import API_KEY
 from gateway.web.keys import CONFIG
 
 log = logging.getLogger("gateway.web")
@@ -79,11 +84,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         record = request.get(RECORD)
         if record is not None:
             record.error = exc
+        if isinstance(exc, UpstreamStatusError):
+            exc = redact.installed().status_error(exc)
         return error_response(exc, request.get(CLIENT_DIALECT))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return error_response(_from_http_exception(exc, request))
+    except StoreUnavailable as exc:
+        log.warning("store unreachable", extra={"error": type(exc.__cause__ or exc).__name__})
+        return error_response(
+            ServiceUnavailable(
+                "The key and usage store is unreachable; try again shortly.",
+                code="store_unavailable",
+                headers={"Retry-After": "2"},
+            )
+        )
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -139,6 +155,9 @@ async def add_response_headers(request: web.BaseRequest, response: web.StreamRes
     for name, value in SECURITY_HEADERS.items():
         headers.setdefault(name, value)
     if isinstance(request, web.Request):
+        if request.get(API_KEY) is not None or request.path.startswith("/admin"):
+            # An answer for one key: no shared cache (a proxy, a CDN) may keep or serve it.
+            headers["Cache-Control"] = "private, no-store"
         extra = request.get(RESPONSE_HEADERS)
         if extra:
             for name, value in extra.items():

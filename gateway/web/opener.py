@@ -20,6 +20,7 @@ from gateway.openai import ParsedRequest
 from gateway.router import Opened, UpstreamCall
 from gateway.source import EventSource, GapCounts
 from gateway.stream import OpenedUpstream, UpstreamResponse
+from gateway.web.accounting import model_label
 from gateway.web.keys import CONFIG, ROUTER
 
 
@@ -47,7 +48,7 @@ def opener(
     """The router's request for ``parsed``, with an event source per stream."""
     app = request.app
     server = app[CONFIG].server
-    publish_gaps = metrics.publish_inter_event(parsed.model)
+    publish_gaps = metrics.publish_inter_event(model_label(app[CONFIG], parsed.model))
 
     def body_for(serving: ModelRoute, deployment: Deployment, key: str | None) -> UpstreamCall:
         return upstream_call(parsed, serving, deployment, key)

@@ -8,6 +8,7 @@ unknown or whose buffer expired answers 204, which tells an ``EventSource`` to s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -21,8 +22,10 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    RateLimited,
     ServiceUnavailable,
 )
+from gateway.openai import ParsedRequest
 from gateway.relay import SSE_HEADERS
 from gateway.resumable import EventLog, RedisLogs, ResumableStream, ResumableStreams
 from gateway.sse import encode_comment, encode_event
@@ -31,12 +34,14 @@ from gateway.stream import OpenedUpstream, StreamOutcome
 from gateway.web.accounting import RECORD
 from gateway.web.auth import API_KEY
 from gateway.web.keys import CONFIG
+from gateway.web.limits import client_ip
 from gateway.web.middlewares import RESPONSE_HEADERS
 
 STREAMS = web.AppKey("resumable_streams", ResumableStreams)
 KEEPALIVE = encode_comment(b"keep-alive")
 TOUCH_SECONDS = 1.0
 RESUMABLE_HEADER = "X-Gateway-Resumable"
+MAX_EVENT_ID = 2**63 - 1  # beyond it a Redis Stream id cannot hold it
 
 Read = Callable[[int, float], Awaitable[tuple[list[tuple[int, bytes]], bool]]]
 
@@ -53,6 +58,53 @@ def wants_resumable(request: web.Request, model: str) -> bool:
         or model in settings.models
         or (bool(settings.keys) and owner_of(request) in settings.keys)
     )
+
+
+class ResumableQuota:
+    """Resumable streams running per API key (per client address without one), in this worker.
+
+    A resumable stream goes on for ``grace`` after its client left, so fire-and-forget requests
+    would otherwise pin a deployment's connections for everyone else.
+    """
+
+    __slots__ = ("limit", "running")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running: collections.Counter[str] = collections.Counter()
+
+    def take(self, subject: str) -> bool:
+        """Count one more stream for ``subject``; False when it already runs ``limit``."""
+        if self.running[subject] >= self.limit:
+            return False
+        self.running[subject] += 1
+        return True
+
+    def give_back(self, subject: str) -> None:
+        """One of ``subject``'s streams ended."""
+        self.running[subject] -= 1
+        if self.running[subject] <= 0:
+            del self.running[subject]
+
+
+RESUMABLE_QUOTA = web.AppKey("resumable_quota", ResumableQuota)
+
+
+def take_resumable_slot(request: web.Request, parsed: ParsedRequest) -> None:
+    """For a stream that will be resumable: hold a slot of its key's quota until the stream ends
+    (the request's finishers run then), or refuse with 429."""
+    if not parsed.stream or not wants_resumable(request, parsed.model):
+        return
+    quota = request.app[RESUMABLE_QUOTA]
+    subject = owner_of(request) or "ip:" + client_ip(request, request.app[CONFIG].limits)
+    if not quota.take(subject):
+        metrics.RATE_LIMITED.labels("resumable_streams").inc()
+        raise RateLimited(
+            f"This API key already has {quota.limit} resumable streams running.",
+            code="resumable_streams_exceeded",
+            headers={"Retry-After": "1"},
+        )
+    request[RECORD].finishers.append(lambda _event: quota.give_back(subject))
 
 
 def owner_of(request: web.Request) -> str:
@@ -127,7 +179,7 @@ def _after(request: web.Request) -> int:
         after = int(raw)
     except ValueError:
         after = -1
-    if after < 0:
+    if not 0 <= after <= MAX_EVENT_ID:
         raise InvalidRequest(
             "Last-Event-ID (or ?after=) must be an event id from this stream.",
             param="Last-Event-ID",

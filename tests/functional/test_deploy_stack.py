@@ -70,6 +70,7 @@ class Nginx:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         assert Path(binary).exists(), "nginx missing: run bin/ensure-test-tools (make test does)"
         self.port = free_port()
+        self.internal_port = free_port()
         servers = "\n".join(f"server 127.0.0.1:{p} max_fails=0;" for p in upstream_ports)
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"):
             (workdir / name).mkdir(exist_ok=True)
@@ -96,6 +97,10 @@ http {{
     server {{
         listen 127.0.0.1:{self.port};
         include {DEPLOY}/nginx/gateway.conf;
+    }}
+    server {{
+        listen 127.0.0.1:{self.internal_port};
+        include {DEPLOY}/nginx/internal.conf;
     }}
 }}
 """

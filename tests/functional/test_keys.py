@@ -61,8 +61,9 @@ async def test_model_limits_and_max_requests(
     start_gateway, mock_upstream: Proc, tmp_path: Path, env: dict[str, str]
 ) -> None:  # type: ignore[no-untyped-def]
     """A key limited to some models gets 403 for others; max-requests is a hard quota."""
-    _, key = create_key(env, "--models", "mock-gpt", "--max-requests", "2")
-    proc: Proc = start_gateway("--config", str(write_config(tmp_path, mock_upstream.url)), env=env)
+    config = str(write_config(tmp_path, mock_upstream.url))
+    _, key = create_key(env, "--config", config, "--models", "mock-gpt", "--max-requests", "2")
+    proc: Proc = start_gateway("--config", config, env=env)
     status, error = await call(proc.url, key, chat_body("alias", stream=False))
     assert status == 403 and error["error"]["type"] == "permission_error"
     statuses = [(await call(proc.url, key, chat_body("mock-gpt", stream=False)))[0] for _ in "abc"]
@@ -126,7 +127,7 @@ def test_start_up_refused_without_a_strong_master_key(
     create_key(env)
     if master:
         env["LLM_GATEWAY_MASTER_KEY"] = master
-    result = run_cli("serve", "--port", "0", env={**env, "LLM_GATEWAY_MASTER_KEY": master or ""})
+    result = run_cli("serve", "--port", "0", env=env)
     assert result.returncode == 2
     assert said in result.stderr and "LLM_GATEWAY_MASTER_KEY" in result.stderr
 

@@ -63,7 +63,13 @@ async def test_a_limited_key_sees_only_its_models(
         "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),
         "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
     }
-    _, limited = create_key(env, "--models", "mock-gpt")
+    # keys create checks --models against a configuration: one passing every name through.
+    passthrough = tmp_path / "passthrough.yaml"
+    passthrough.write_text(
+        f'deployments: {{up: {{base_url: "{mock_upstream.url}/v1"}}}}\n'
+        'models: {"*": {deployments: [up]}}\n'
+    )
+    _, limited = create_key(env, "--config", str(passthrough), "--models", "mock-gpt")
     _, unlimited = create_key(env)
     proc: Proc = start_gateway("--upstream", mock_upstream.url + "/v1", env=env)
     assert await listed(proc.url, unlimited, want=3) == list(mock.MOCK_MODELS)
