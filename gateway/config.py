@@ -438,9 +438,10 @@ def environment_setting(name: str) -> list[str] | None:
 ENV_NOT_SETTINGS = frozenset({"LLM_GATEWAY_CONFIG"})
 _SECTION_FIELDS: dict[str, set[str]] = {
     "server": _SERVER_KEYS,
-    "store": {"path", "redis_url", "redis_prefix", "timeout"},
-    "stats": {"flush_interval", "flush_events", "buffer_size", "max_pending_batches"},
-    "auth": {"mode", "master_key", "cache_ttl"},
+    # From the dataclasses, so a new setting is settable from the environment at once.
+    "store": {f.name for f in dataclasses.fields(StoreSettings)},
+    "stats": {f.name for f in dataclasses.fields(StatsSettings)},
+    "auth": {f.name for f in dataclasses.fields(AuthSettings)},
     "routing": {"retries", "key_cooldown", "breaker"},
 }
 _BREAKER_KEYS = {"failures", "recovery", "probes"}

@@ -232,3 +232,19 @@ def test_postgresql_store_and_usage_delivery_settings(tmp_path: Path) -> None:
         load_config(path, {})
     with pytest.raises(ConfigError, match=r"stats\.bus"):
         load_config(write(tmp_path, "stats: {bus: maybe}\n"), {})
+
+
+def test_every_store_stats_and_auth_setting_can_come_from_the_environment() -> None:
+    """A setting added to a section's dataclass is settable as LLM_GATEWAY_SECTION__NAME at once
+    (the strict check once refused the PostgreSQL URL and the spool settings)."""
+    import dataclasses
+
+    from gateway.config import AuthSettings, StatsSettings, StoreSettings, _known_path
+
+    for section, settings in (
+        ("store", StoreSettings),
+        ("stats", StatsSettings),
+        ("auth", AuthSettings),
+    ):
+        for field in dataclasses.fields(settings):
+            assert _known_path([section, field.name]), f"{section}.{field.name}"
