@@ -104,9 +104,13 @@ async def test_the_minimal_relay_passes_streams_and_json_through(tmp_path: Path)
 
 @pytest.mark.slow
 def test_bench_uses_a_store_of_its_own_and_writes_only_its_outputs(tmp_path: Path) -> None:
-    """With a key in the user's var/ store, a bench run still works and leaves that store as is."""
-    env = {"LLM_GATEWAY_MASTER_KEY": "user-master-key-0123456789-abcdefghijklmnop"}
-    user_store = tmp_path / "var" / "llm-gateway.sqlite3"
+    """With a key in the user's store, a bench run still works and leaves that store as is."""
+    env = {
+        "LLM_GATEWAY_MASTER_KEY": "user-master-key-0123456789-abcdefghijklmnop",
+        "XDG_STATE_HOME": str(tmp_path / "state"),  # where the user's store is by default
+    }
+    user_store = tmp_path / "state" / "llm-gateway" / "llm-gateway.sqlite3"
+    (tmp_path / "var").mkdir()
     created = subprocess.run(
         [str(Path(sys.executable).parent / "llm-gateway"), "keys", "create", "--name", "user"],
         capture_output=True, text=True, timeout=60, env={**os.environ, **env}, cwd=tmp_path,

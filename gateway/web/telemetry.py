@@ -12,6 +12,7 @@ prompt is never an attribute unless ``telemetry.capture_prompts`` says so; a key
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -139,12 +140,15 @@ class Tracing:
         if self.settings.capture_prompts and "messages" in body:
             attributes["gen_ai.input.messages"] = orjson.dumps(body["messages"]).decode()
         span.set_attributes(attributes)
+        end = time.time_ns()
         if event.ttfb_ms is not None:
             started: int = span.start_time  # type: ignore[attr-defined]
-            span.add_event("gen_ai.first_token", timestamp=started + int(event.ttfb_ms * 1e6))
+            # The loop's clock (millisecond ticks) against the span's: never past the end.
+            at = min(started + int(event.ttfb_ms * 1e6), end)
+            span.add_event("gen_ai.first_token", timestamp=at)
         if event.status >= 500:
             span.set_status(Status(StatusCode.ERROR, event.termination))
-        span.end()
+        span.end(end_time=end)
 
     # -- an upstream attempt ----------------------------------------------------------------------
 
