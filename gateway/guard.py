@@ -74,8 +74,7 @@ class BudgetGuard:
         return None
 
     def finish(self, error: GatewayError | None) -> None:
-        if self._drawing is not None and not self._drawing.done():
-            self._drawing.add_done_callback(lambda _: None)
+        return None  # a draw still on its way settles itself in _drawn
 
     # -- leases -----------------------------------------------------------------------------------
 

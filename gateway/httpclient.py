@@ -244,7 +244,6 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self.transport = None
         exchange, self.exchange = self.exchange, None
-        self.pool.lost(self)
         if exchange is None:
             return
         if exchange.headers_done.done() and not exchange.length_known and not exchange.body_done:
@@ -354,7 +353,6 @@ class ConnectionPool:
         self.max_idle = max_idle
         self.connect_timeout = connect_timeout
         self._idle: collections.deque[Connection] = collections.deque()
-        self.open_connections = 0
 
     async def request(
         self,
@@ -424,7 +422,6 @@ class ConnectionPool:
             raise UpstreamUnreachable(
                 f"Deployment {name!r} is unreachable ({type(exc).__name__})."
             ) from exc
-        self.open_connections += 1
         return protocol, False
 
     def idle(self, conn: Connection) -> None:
@@ -432,9 +429,6 @@ class ConnectionPool:
             conn.abort()
             return
         self._idle.append(conn)
-
-    def lost(self, conn: Connection) -> None:
-        self.open_connections -= 1
 
     def close(self) -> None:
         while self._idle:

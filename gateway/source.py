@@ -234,13 +234,7 @@ class EventSource:
                 if carries_content(payload):
                     self.content_events += 1
                 self.events += 1
-                payloads = [payload]
-                if self.recording:
-                    self._record(data, payloads, False)
-                for sink in self.sinks:
-                    sink.deliver(data, payloads, False)
-                    if self.done:
-                        break
+                self._deliver([data], [payload], False)
                 return
         try:
             events = self.parser.feed(data)

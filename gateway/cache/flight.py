@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from gateway.background import mark_retrieved
 from gateway.config import Deployment
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import UpstreamError
 from gateway.source import EventSource
 from gateway.stream import BodyConsumer, OpenedUpstream
 
@@ -197,10 +197,3 @@ class RecordedResponse:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def failure_of(error: BaseException | None) -> GatewayError:
-    """The error every client of a failed flight sees."""
-    if isinstance(error, GatewayError):
-        return error
-    return UpstreamError(f"The upstream request failed: {type(error).__name__}.")
