@@ -24,6 +24,7 @@ import yaml
 from gateway.breaker import BreakerSettings
 from gateway.capacity import streams_per_worker
 from gateway.errors import ConfigError
+from gateway.prices import Price
 
 ENV_PREFIX = "LLM_GATEWAY_"
 MOCK_BASE_URL = "mock://"
@@ -292,6 +293,8 @@ class Config:
     cache: CacheSettings = CacheSettings()
     streams: StreamSettings = StreamSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    # USD per million tokens by upstream model name, over the built-in table (gateway.prices).
+    prices: Mapping[str, Price] = field(default_factory=dict)
 
     @property
     def embedded_demo(self) -> bool:
@@ -322,6 +325,7 @@ _TOP_LEVEL_KEYS = {
     "cache",
     "streams",
     "telemetry",
+    "prices",
 }
 _SECTION_CLASSES: dict[str, Any] = {
     "limits": LimitSettings,
@@ -542,7 +546,37 @@ def _build(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> C
         cache=_build_cache(_mapping(raw.get("cache", {}), "cache", source), source),
         streams=_build_streams(_mapping(raw.get("streams", {}), "streams", source), source),
         telemetry=_build_telemetry(_mapping(raw.get("telemetry", {}), "telemetry", source), source),
+        prices=_build_prices(_mapping(raw.get("prices", {}), "prices", source), source),
     )
+
+
+def _build_prices(raw: Mapping[str, Any], source: str) -> dict[str, Price]:
+    """``MODEL: {input: 2.5, cached_input: 1.25, output: 10}``, USD per million tokens."""
+    prices: dict[str, Price] = {}
+    for model, spec_raw in raw.items():
+        key = f"prices.{model}"
+        spec = _mapping(spec_raw, key, source)
+        _reject_unknown(spec, {"input", "cached_input", "output"}, f"{key}.", source)
+        for required in ("input", "output"):
+            if required not in spec:
+                raise ConfigError(f"{source}: {key}.{required}: required (USD per million tokens)")
+        cached = spec.get("cached_input")
+        prices[str(model)] = Price(
+            input=_non_negative_price(spec["input"], f"{key}.input", source),
+            output=_non_negative_price(spec["output"], f"{key}.output", source),
+            cached_input=None
+            if cached is None
+            else _non_negative_price(cached, f"{key}.cached_input", source),
+        )
+    return prices
+
+
+def _non_negative_price(value: Any, key: str, source: str) -> float:
+    _check(
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e6,
+        value, key, source, "a price in USD per million tokens (0 or more)",
+    )  # fmt: skip
+    return float(value)
 
 
 def default_store_path(environ: Mapping[str, str]) -> Path:

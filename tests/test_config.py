@@ -8,6 +8,7 @@ import pytest
 
 from gateway.config import MOCK_BASE_URL, load_config, passthrough_overrides
 from gateway.errors import ConfigError
+from gateway.prices import Price
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -248,3 +249,20 @@ def test_every_store_stats_and_auth_setting_can_come_from_the_environment() -> N
     ):
         for field in dataclasses.fields(settings):
             assert _known_path([section, field.name]), f"{section}.{field.name}"
+
+
+def test_prices_override_the_built_in_table(tmp_path: Path) -> None:
+    """A ``prices:`` entry sets a model's USD per million tokens; bad entries name their key."""
+    path = tmp_path / "c.yaml"
+    path.write_text("prices: {my-model: {input: 1.5, cached_input: 0.5, output: 6}}\n")
+    config = load_config(path, environ={})
+    assert config.prices["my-model"] == Price(input=1.5, output=6.0, cached_input=0.5)
+    path.write_text("prices: {my-model: {input: 1.5}}\n")
+    with pytest.raises(ConfigError, match=r"prices\.my-model\.output: required"):
+        load_config(path, environ={})
+    path.write_text("prices: {my-model: {input: -1, output: 2}}\n")
+    with pytest.raises(ConfigError, match=r"prices\.my-model\.input: expected a price"):
+        load_config(path, environ={})
+    path.write_text("prices: {my-model: {input: 1, output: 2, extra: 3}}\n")
+    with pytest.raises(ConfigError, match=r"prices\.my-model\.extra: unknown setting"):
+        load_config(path, environ={})

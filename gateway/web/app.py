@@ -21,6 +21,7 @@ from gateway.cache.service import ResponseCache
 from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.load import LoadMonitor
+from gateway.prices import PriceTable
 from gateway.ratelimit import RateLimiter
 from gateway.relay import LiveStreams
 from gateway.resumable import RedisLogs, ResumableStreams
@@ -41,6 +42,7 @@ from gateway.web.keys import (
     LIVE_STREAMS,
     LOAD,
     POOL,
+    PRICES,
     ROUTER,
     STORE,
     WORKER_STATE,
@@ -94,6 +96,7 @@ def make_app(
         ],
     )
     app[CONFIG] = config
+    app[PRICES] = PriceTable(config.prices)
     redact.install(redact.Redactor.for_config(config))
     app[LIVE_STREAMS] = LiveStreams()
     app[WORKER_STATE] = WorkerState()

@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway.cache.service import ResponseCache
 from gateway.config import Config
 from gateway.load import LoadMonitor
+from gateway.prices import PriceTable
 from gateway.relay import LiveStreams
 from gateway.router import Router
 from gateway.store.base import Store
@@ -31,3 +32,4 @@ STORE = web.AppKey("store", Store)
 ROUTER = web.AppKey("router", Router)
 CACHE = web.AppKey("response_cache", ResponseCache)
 LOAD = web.AppKey("load_monitor", LoadMonitor)
+PRICES = web.AppKey("prices", PriceTable)  # the built-in table with the config's prices on top
