@@ -253,6 +253,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     exact: bool = False
+    cached_tokens: int = 0  # prompt tokens the provider served from its prompt cache
 
     @property
     def total_tokens(self) -> int:
@@ -308,7 +309,9 @@ def _usage_object(answer: Any) -> Usage | None:
     completion = usage.get("completion_tokens", 0)
     if not _is_int(prompt) or not _is_int(completion):
         return None
-    return Usage(prompt, completion, exact=True)
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(prompt, completion, exact=True, cached_tokens=cached if _is_int(cached) else 0)
 
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
