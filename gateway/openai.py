@@ -311,7 +311,7 @@ def _usage_object(answer: Any) -> Usage | None:
         return None
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(prompt, completion, exact=True, cached_tokens=cached if _is_int(cached) else 0)
+    return Usage(prompt, completion, exact=True, cached_tokens=int(cached) if _is_int(cached) else 0)
 
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
