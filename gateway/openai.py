@@ -310,8 +310,9 @@ def _usage_object(answer: Any) -> Usage | None:
     if not _is_int(prompt) or not _is_int(completion):
         return None
     details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(prompt, completion, exact=True, cached_tokens=int(cached) if _is_int(cached) else 0)
+    cached: Any = details.get("cached_tokens") if isinstance(details, dict) else None
+    cached_tokens = int(cached) if _is_int(cached) else 0
+    return Usage(prompt, completion, exact=True, cached_tokens=cached_tokens)
 
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
