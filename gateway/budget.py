@@ -58,6 +58,32 @@ def parse_budget(text: str, unit: Unit) -> Budget:
     return Budget(limit, period, unit)
 
 
+def budgets_text(budgets: Sequence[Budget]) -> str | None:
+    """Budgets as stored in a key record: ``usd:25/month,tokens:100000/day`` (None: none)."""
+    if not budgets:
+        return None
+    return ",".join(f"{b.unit}:{b.limit!r}/{b.period}" for b in budgets)
+
+
+def budgets_from_text(text: str | None) -> tuple[Budget, ...]:
+    """The budgets of a stored key record (see :func:`budgets_text`)."""
+    if not text:
+        return ()
+    found: list[Budget] = []
+    for part in text.split(","):
+        unit, _, rest = part.partition(":")
+        if unit not in ("usd", "tokens"):
+            raise ValueError(f"stored budget {part!r} has no unit")
+        found.append(parse_budget(rest, "usd" if unit == "usd" else "tokens"))
+    return tuple(found)
+
+
+def budget_view(budget: Budget) -> dict[str, object]:
+    """A budget as the admin API and ``keys show`` present it."""
+    limit: float | int = int(budget.limit) if budget.unit == "tokens" else budget.limit
+    return {"unit": budget.unit, "limit": limit, "period": budget.period, "text": str(budget)}
+
+
 def window(period: Period, now: dt.datetime) -> tuple[str, dt.datetime | None]:
     """The current window's label and when it resets (UTC; None for lifetime)."""
     now = now.astimezone(dt.UTC)

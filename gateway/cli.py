@@ -14,6 +14,7 @@ import click
 import orjson
 
 from gateway import manage
+from gateway.budget import Budget, Unit, parse_budget
 from gateway.config import Config, load_config, passthrough_overrides
 from gateway.errors import ConfigError
 from gateway.keys import key_view, parse_expiry
@@ -177,6 +178,14 @@ def keys() -> None:
 @click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute.")
 @click.option("--max-requests", type=click.IntRange(min=1), help="Lifetime request quota.")
 @click.option("--expires", metavar="24h|7d|DATE", help="Expiry: a duration or an ISO date.")
+@click.option(
+    "--budget-usd", "budget_usd", multiple=True, metavar="AMOUNT/PERIOD",
+    help="A spend budget in USD per day, month or lifetime (25/month); repeatable.",
+)  # fmt: skip
+@click.option(
+    "--budget-tokens", "budget_tokens", multiple=True, metavar="AMOUNT/PERIOD",
+    help="A token budget per day, month or lifetime (100000/day); repeatable.",
+)  # fmt: skip
 def keys_create(
     config_path: str | None,
     name: str,
@@ -185,9 +194,14 @@ def keys_create(
     tpm: int | None,
     max_requests: int | None,
     expires: str | None,
+    budget_usd: tuple[str, ...],
+    budget_tokens: tuple[str, ...],
 ) -> None:
     """Create a key and print it once."""
     config = _load(config_path)
+    budgets = _budgets(budget_usd, "usd", "--budget-usd") + _budgets(
+        budget_tokens, "tokens", "--budget-tokens"
+    )
     expires_at = None
     if expires:
         try:
@@ -204,12 +218,19 @@ def keys_create(
     key, record = _run(
         manage.create_key(
             config, name, models=allowed, rpm=rpm, tpm=tpm, max_requests=max_requests,
-            expires_at=expires_at,
+            expires_at=expires_at, budgets=budgets,
         )
     )  # fmt: skip
     click.echo(f"id:  {record.id}")
     click.echo(f"key: {key}")
     click.echo("Store the key now: only its hash is kept, it cannot be shown again.", err=True)
+
+
+def _budgets(texts: tuple[str, ...], unit: Unit, option: str) -> tuple[Budget, ...]:
+    try:
+        return tuple(parse_budget(text, unit) for text in texts)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 @keys.command("list")
@@ -236,6 +257,8 @@ def keys_show(config_path: str | None, key_id: str) -> None:
         sys.exit(1)
     record, counters = found
     for name, value in key_view(record).items():
+        if name == "budgets":
+            value = ", ".join(str(b) for b in record.budgets) or None
         click.echo(f"{name:14} {_shown(value)}")
     for name in ("requests", "prompt_tokens", "completion_tokens", "cache_hits", "errors"):
         click.echo(f"{name:14} {getattr(counters, name)}")

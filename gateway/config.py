@@ -220,6 +220,9 @@ class LimitSettings:
     # loop lag too, which under a burst can reach hundreds of milliseconds: keep it generous.
     redis_timeout: float = 1.0
     stream_lease: float = 3600.0  # a concurrency slot held longer than this is freed (crashes)
+    # A streaming request draws its key's budgets this many output tokens at a time: the most any
+    # one stream can overshoot a budget by.
+    budget_lease_tokens: int = 256
 
     @property
     def any(self) -> bool:
@@ -665,10 +668,9 @@ def _build_limits(raw: Mapping[str, Any], source: str) -> LimitSettings:
     for name in ("key_rpm", "key_tpm", "key_concurrent", "ip_rpm", "global_rps"):
         if raw.get(name) is not None:
             values[name] = _integer(raw[name], f"limits.{name}", source, minimum=1)
-    if "default_max_tokens" in raw:
-        values["default_max_tokens"] = _integer(
-            raw["default_max_tokens"], "limits.default_max_tokens", source, minimum=1
-        )
+    for name in ("default_max_tokens", "budget_lease_tokens"):
+        if name in raw:
+            values[name] = _integer(raw[name], f"limits.{name}", source, minimum=1)
     if raw.get("client_ip_header") is not None:
         values["client_ip_header"] = _string(
             raw["client_ip_header"], "limits.client_ip_header", source

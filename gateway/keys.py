@@ -12,6 +12,7 @@ import secrets
 import time
 from datetime import UTC, datetime
 
+from gateway.budget import Budget, budget_view
 from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.store.base import KeyRecord
 
@@ -44,6 +45,7 @@ def new_key(
     tpm: int | None = None,
     max_requests: int | None = None,
     expires_at: float | None = None,
+    budgets: tuple[Budget, ...] = (),
     now: float | None = None,
 ) -> tuple[str, KeyRecord]:
     """A fresh key and the record to store for it."""
@@ -59,6 +61,7 @@ def new_key(
         tpm=tpm,
         max_requests=max_requests,
         expires_at=expires_at,
+        budgets=budgets,
     )
     return key, record
 
@@ -123,6 +126,7 @@ def key_view(record: KeyRecord, now: float | None = None) -> dict[str, object]:
         "rpm": record.rpm,
         "tpm": record.tpm,
         "max_requests": record.max_requests,
+        "budgets": [budget_view(b) for b in record.budgets],
         "created_at": record.created_at,
         "expires_at": record.expires_at,
         "revoked_at": record.revoked_at,

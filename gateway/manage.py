@@ -6,6 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from gateway.budget import Budget
 from gateway.config import Config
 from gateway.keys import new_key
 from gateway.store import KeyCounters, KeyRecord, Store, UsageRow, make_store
@@ -31,11 +32,13 @@ async def create_key(
     tpm: int | None,
     max_requests: int | None,
     expires_at: float | None,
+    budgets: tuple[Budget, ...] = (),
 ) -> tuple[str, KeyRecord]:
     """Make and store a key; the key itself is returned once and never stored."""
     key, record = new_key(
-        name, models=models, rpm=rpm, tpm=tpm, max_requests=max_requests, expires_at=expires_at
-    )
+        name, models=models, rpm=rpm, tpm=tpm, max_requests=max_requests, expires_at=expires_at,
+        budgets=budgets,
+    )  # fmt: skip
 
     async def work(store: Store) -> None:
         await store.create_key(record)

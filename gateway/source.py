@@ -78,6 +78,7 @@ class EventSource:
         "first",
         "first_event_at",
         "gaps",
+        "guard_sink",
         "idle",
         "keepalive",
         "last_delivery",
@@ -112,6 +113,7 @@ class EventSource:
         self.idle = deployment.timeouts.idle
         self.parser = SSEParser()
         self.sinks: list[Sink] = []
+        self.guard_sink: Sink | None = None  # sees every batch first (see guard())
         # What was framed, kept for sinks that attach later: until the first sink attaches, or
         # while it stays under ``record_limit`` bytes (coalescing and the cache need it all).
         self._backlog: list[tuple[bytes, list[bytes], bool]] = []
@@ -160,6 +162,14 @@ class EventSource:
             sink.finish(self.error)
             return
         self.sinks.append(sink)
+
+    def guard(self, sink: Sink) -> None:
+        """Set the sink that sees each batch before the others and may end the stream there
+        (the budget guard). It is shown what was framed so far; it is not a reader: the
+        backlog stays for the first sink, and its leaving cancels nothing."""
+        for framed, payloads, usage_only in self._backlog:
+            sink.deliver(framed, payloads, usage_only)
+        self.guard_sink = sink
 
     def watch(self, watcher: Callable[[EventSource], None]) -> None:
         """Call ``watcher`` once the stream is over (at once if it is already)."""
@@ -331,6 +341,10 @@ class EventSource:
         framed = parts[0] if len(parts) == 1 else b"".join(parts)
         if not self.first.done():
             self.first.set_result(None)
+        if self.guard_sink is not None:
+            self.guard_sink.deliver(framed, payloads, usage_only)
+            if self.done:
+                return  # the guard ended the stream: nobody gets this batch
         if self.recording:
             self._record(framed, payloads, usage_only)
         for sink in self.sinks:

@@ -221,3 +221,17 @@ def create_key(env: dict[str, str], *args: str) -> tuple[str, str]:
     assert result.returncode == 0, result.stderr
     fields = dict(line.split(":", 1) for line in result.stdout.strip().splitlines())
     return fields["id"].strip(), fields["key"].strip()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every process the suite starts keeps its default store under a private directory, never
+    in the user's own ``~/.local/state/llm-gateway`` (a test key left there would make
+    ``make serve`` ask for a master key)."""
+    previous = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = previous

@@ -7,7 +7,7 @@ import asyncio
 from gateway.budget import Budget, LocalLedger
 from gateway.config import Deployment
 from gateway.errors import BudgetExceeded
-from gateway.guard import BudgetGuard
+from gateway.guard import BudgetGuard, KeySpend
 from gateway.source import EventSource
 from tests.test_cache import Chunks, Collected
 
@@ -19,14 +19,15 @@ async def guarded(budget_usd: float, *, lease: int) -> tuple[Chunks, EventSource
     source = EventSource(upstream, Deployment(name="d", base_url="http://d/v1"), keepalive=30)
     ledger = LocalLedger()
     budgets = [Budget(budget_usd, "day", "usd")]
-    first = await ledger.draw("k", budgets, lease, 0.001)  # the admission lease
-    guard = BudgetGuard(
-        source, ledger, key_id="k", budgets=budgets, usd_per_token=0.001,
-        granted=first.tokens, lease_tokens=lease,
+    spend = KeySpend(
+        ledger, key_id="k", budgets=budgets, input_usd_per_token=0.0,
+        output_usd_per_token=0.001, lease_tokens=lease,
     )  # fmt: skip
+    first = await spend.admit(prompt_tokens=1)  # the admission lease (a free prompt here)
+    guard = BudgetGuard(source, spend, granted=first)
     source.start()
     client = Collected()
-    source.attach(guard)
+    source.guard(guard)
     source.attach(client)
     return upstream, source, client
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from gateway.budget import parse_budget
 from gateway.keys import new_key
 from gateway.store import StatsEvent, Store, StoreUnavailable
-from gateway.store.postgres import PostgresStore, migrate
+from gateway.store.postgres import MIGRATIONS, PostgresStore, migrate
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore
 from tests.postgres_server import PostgresServer, fetch, postgres_server, postgres_url
@@ -50,9 +52,12 @@ def event(
 
 
 async def test_keys_round_trip(store: Store) -> None:
-    """A created key is found by hash and id, listed, counted and revoked."""
+    """A created key is found by hash and id (budgets and all), listed, counted and revoked."""
     assert await store.count_keys() == 0
-    secret, record = new_key("alice", models=("m1", "m2"), rpm=10, max_requests=5, expires_at=2e9)
+    budgets = (parse_budget("25/month", "usd"), parse_budget("100000/day", "tokens"))
+    secret, record = new_key(
+        "alice", models=("m1", "m2"), rpm=10, max_requests=5, expires_at=2e9, budgets=budgets
+    )
     await store.create_key(record)
     assert await store.key_by_hash(record.key_hash) == record
     assert await store.key_by_id(record.id) == record
@@ -64,6 +69,29 @@ async def test_keys_round_trip(store: Store) -> None:
     assert revoked is not None and revoked.revoked_at == 1234.5
     assert not await store.revoke_key("key_missing", 1.0)
     assert secret not in repr(await store.list_keys())
+
+
+async def test_sqlite_file_from_before_budgets_gains_the_column(tmp_path: Path) -> None:
+    """A store file made before key budgets existed opens, keeps its keys, and stores budgets."""
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL"
+            " UNIQUE, prefix TEXT NOT NULL, created_at REAL NOT NULL, models TEXT, rpm INTEGER,"
+            " tpm INTEGER, max_requests INTEGER, expires_at REAL, revoked_at REAL)"
+        )
+        db.execute("INSERT INTO keys (id, name, key_hash, prefix, created_at) "
+                   "VALUES ('key_old', 'old', 'h', 'sk-gw-abc', 1.0)")  # fmt: skip
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        old = await store.key_by_id("key_old")
+        assert old is not None and old.budgets == ()
+        _, record = new_key("new", budgets=(parse_budget("2/day", "usd"),))
+        await store.create_key(record)
+        assert await store.key_by_id(record.id) == record
+    finally:
+        await store.close()
 
 
 async def test_take_request_is_exact_under_concurrency(store: Store) -> None:
@@ -168,7 +196,7 @@ async def test_postgres_migrations_once_under_concurrent_starts(postgres_url: st
     stores = [PostgresStore(postgres_url) for _ in range(8)]
     await asyncio.gather(*(s.open() for s in stores))
     versions = await fetch(postgres_url, "SELECT version FROM schema_migrations ORDER BY 1")
-    assert [r[0] for r in versions] == [1, 2]
+    assert [r[0] for r in versions] == [version for version, _ in MIGRATIONS]
     import asyncpg
 
     pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=1)

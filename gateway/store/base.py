@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.budget import Budget
+
 
 class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time; the caller may retry."""
@@ -32,6 +34,7 @@ class KeyRecord:
     max_requests: int | None = None
     expires_at: float | None = None
     revoked_at: float | None = None
+    budgets: tuple[Budget, ...] = ()  # money and token budgets per day, month or lifetime
 
 
 def new_event_id() -> str:

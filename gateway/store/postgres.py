@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway.budget import budgets_from_text, budgets_text
 from gateway.store.base import (
     USAGE_COUNTERS,
     KeyCounters,
@@ -75,10 +76,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX usage_events_key_ts ON usage_events (key_id, ts);
         """,
     ),
+    (3, "ALTER TABLE keys ADD COLUMN budgets TEXT;"),
 )
 
 _KEY_COLUMNS = (
-    "id, name, key_hash, prefix, created_at, models, rpm, tpm, max_requests, expires_at, revoked_at"
+    "id, name, key_hash, prefix, created_at, models, rpm, tpm, max_requests, expires_at, "
+    "revoked_at, budgets"
 )
 _EVENT_COLUMNS = (
     ("event_id", "text"), ("request_id", "text"), ("key_id", "text"), ("model", "text"),
@@ -180,9 +183,10 @@ class PostgresStore:
         models = None if record.models is None else orjson.dumps(list(record.models)).decode()
         await self._run(
             "execute",
-            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
             record.id, record.name, record.key_hash, record.prefix, record.created_at, models,
             record.rpm, record.tpm, record.max_requests, record.expires_at, record.revoked_at,
+            budgets_text(record.budgets),
         )  # fmt: skip
 
     async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
@@ -332,7 +336,7 @@ async def _close(pool: asyncpg.Pool, seconds: float) -> None:
 
 def _record(row: Any) -> KeyRecord:
     (key_id, name, key_hash, prefix, created, models, rpm, tpm, max_requests, expires,
-     revoked) = tuple(row)  # fmt: skip
+     revoked, budgets) = tuple(row)  # fmt: skip
     return KeyRecord(
         id=key_id,
         name=name,
@@ -345,4 +349,5 @@ def _record(row: Any) -> KeyRecord:
         max_requests=max_requests,
         expires_at=expires,
         revoked_at=revoked,
+        budgets=budgets_from_text(budgets),
     )

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
+from gateway.budget import budgets_from_text, budgets_text
 from gateway.store.base import (
     KEY_COUNTERS,
     USAGE_COUNTERS,
@@ -131,6 +132,7 @@ class RedisStore:
             "prefix": record.prefix,
             "created_at": repr(record.created_at),
             "models": "" if record.models is None else orjson.dumps(list(record.models)).decode(),
+            "budgets": budgets_text(record.budgets) or "",
         }
         for name in ("rpm", "tpm", "max_requests", "expires_at", "revoked_at"):
             value = getattr(record, name)
@@ -237,4 +239,5 @@ def _record(fields: dict[str, str]) -> KeyRecord:
         max_requests=whole("max_requests"),
         expires_at=number("expires_at"),
         revoked_at=number("revoked_at"),
+        budgets=budgets_from_text(fields.get("budgets")),
     )

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from gateway.budget import budgets_from_text, budgets_text
 from gateway.store.base import (
     USAGE_COUNTERS,
     KeyCounters,
@@ -37,7 +38,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL,
     created_at REAL NOT NULL, models TEXT, rpm INTEGER, tpm INTEGER, max_requests INTEGER,
-    expires_at REAL, revoked_at REAL
+    expires_at REAL, revoked_at REAL, budgets TEXT
 );
 CREATE TABLE IF NOT EXISTS key_counters (
     key_id TEXT PRIMARY KEY, requests INTEGER NOT NULL DEFAULT 0,
@@ -71,8 +72,11 @@ _INSERT_EVENT = (
     f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 )
 _KEY_COLUMNS = (
-    "id, name, key_hash, prefix, created_at, models, rpm, tpm, max_requests, expires_at, revoked_at"
+    "id, name, key_hash, prefix, created_at, models, rpm, tpm, max_requests, expires_at, "
+    "revoked_at, budgets"
 )
+# Columns added after a store file may already exist: added on open when missing.
+_ADDED_COLUMNS = (("keys", "budgets", "TEXT"),)
 
 _UPSERT_DAILY = (
     f"INSERT INTO usage_daily (key_id, model, day, {', '.join(USAGE_COUNTERS)}, last_used) "
@@ -122,6 +126,7 @@ class SQLiteStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
+            _add_missing_columns(connection)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open the SQLite store {self._path}: {exc}") from exc
         self._connection = connection
@@ -180,10 +185,11 @@ class SQLiteStore:
         row = (
             record.id, record.name, record.key_hash, record.prefix, record.created_at, models,
             record.rpm, record.tpm, record.max_requests, record.expires_at, record.revoked_at,
+            budgets_text(record.budgets),
         )  # fmt: skip
         await self._call(
             lambda db: db.execute(
-                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", row
+                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row
             )
         )
 
@@ -315,9 +321,16 @@ def _row(e: StatsEvent) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    for table, column, kind in _ADDED_COLUMNS:
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 def _record(row: Any) -> KeyRecord:
     (key_id, name, key_hash, prefix, created, models, rpm, tpm, max_requests, expires,
-     revoked) = row  # fmt: skip
+     revoked, budgets) = row  # fmt: skip
     return KeyRecord(
         id=key_id,
         name=name,
@@ -330,4 +343,5 @@ def _record(row: Any) -> KeyRecord:
         max_requests=max_requests,
         expires_at=expires,
         revoked_at=revoked,
+        budgets=budgets_from_text(budgets),
     )

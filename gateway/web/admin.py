@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.budget import Budget, Unit, parse_budget
 from gateway.errors import InvalidJSON, InvalidRequest, NotFound, PermissionDenied
 from gateway.keys import key_view, new_key, parse_expiry
 from gateway.preflight import weak_master_key
@@ -80,11 +81,29 @@ async def create_key(request: web.Request) -> web.Response:
             expires_at = parse_expiry(str(body["expires"]))
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="expires") from None
+    budgets = _budgets(body, "budget_usd", "usd") + _budgets(body, "budget_tokens", "tokens")
     key, record = new_key(
-        name, models=None if models is None else tuple(models), expires_at=expires_at, **limits
-    )
+        name, models=None if models is None else tuple(models), expires_at=expires_at,
+        budgets=budgets, **limits,
+    )  # fmt: skip
     await request.app[STORE].create_key(record)
     return _json({**key_view(record), "key": key}, status=201)
+
+
+def _budgets(body: dict[str, Any], field: str, unit: Unit) -> tuple[Budget, ...]:
+    """``"budget_usd": "25/month"`` or a list of them (as ``keys create --budget-usd``)."""
+    value = body.get(field)
+    if value is None:
+        return ()
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise InvalidRequest(
+            f"'{field}' must be a string like \"25/month\" or an array of them.", param=field
+        )
+    try:
+        return tuple(parse_budget(text, unit) for text in texts)
+    except ValueError as exc:
+        raise InvalidRequest(f"'{field}': {exc}.", param=field) from None
 
 
 async def show_key(request: web.Request) -> web.Response:

@@ -32,7 +32,7 @@ from gateway.store import Store, StoreUnavailable, describe, make_store
 from gateway.store.redis import RedisStore, connect_redis
 from gateway.stream import Termination
 from gateway.upstream import UpstreamPool, Upstreams
-from gateway.web import handlers, streams
+from gateway.web import budgets, handlers, streams
 from gateway.web.accounting import LIVE_REQUESTS, SIDECAR, LiveRequests, accounting_middleware
 from gateway.web.admin import add_admin_routes
 from gateway.web.auth import AUTHENTICATOR, Authenticator, auth_middleware
@@ -110,6 +110,7 @@ def make_app(
     if redis is not None:
         app[REDIS] = redis
     _usage_delivery(app, config, redis)
+    budgets.install(app, config, redis)
     app[AUTHENTICATOR] = Authenticator(app[STORE], config.auth, config.store)
     app[LIMITER] = RateLimiter(
         redis,
@@ -128,7 +129,16 @@ def make_app(
     )
     app[streams.RESUMABLE_QUOTA] = streams.ResumableQuota(config.streams.max_per_key)
     app.cleanup_ctx.extend(
-        [_store, _usage, _limiter, _cache, _upstream_pool, _load_monitor, model_catalog]
+        [
+            _store,
+            budgets.settle_at_shutdown,
+            _usage,
+            _limiter,
+            _cache,
+            _upstream_pool,
+            _load_monitor,
+            model_catalog,
+        ]
     )
     if tracing is not None:
         app.cleanup_ctx.append(_telemetry(tracing))

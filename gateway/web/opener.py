@@ -20,6 +20,7 @@ from gateway.openai import ParsedRequest
 from gateway.router import Opened, UpstreamCall
 from gateway.source import EventSource, GapCounts
 from gateway.stream import OpenedUpstream, UpstreamResponse
+from gateway.web import budgets
 from gateway.web.accounting import model_label
 from gateway.web.keys import CONFIG, ROUTER
 
@@ -64,17 +65,30 @@ def opener(
             decoder=UPSTREAM_TYPES[deployment.type].decoder() if translated else None,
         )
 
+    spend = budgets.key_spend(request, route, parsed)
+
     async def open_upstream() -> OpenedUpstream:
-        opened: Opened = await app[ROUTER].open(
-            route,
-            parsed.endpoint.value,
-            body_for,
-            make_source=make_source if parsed.stream else None,
-            body_limit=server.max_upstream_body_bytes,
-        )
+        granted = 0 if spend is None else await budgets.admit(spend, parsed)
+        try:
+            opened: Opened = await app[ROUTER].open(
+                route,
+                parsed.endpoint.value,
+                body_for,
+                make_source=make_source if parsed.stream else None,
+                body_limit=server.max_upstream_body_bytes,
+            )
+        except BaseException:
+            if spend is not None:
+                spend.settle_later(0, 0.0)  # nothing reached the client: all of it goes back
+            raise
         kind = opened.deployment.type
         if not parsed.stream and kind not in ("openai", "azure") and opened.status == 200:
             opened.body = UPSTREAM_TYPES[kind].completion_from_upstream(opened.body)
+        if spend is not None:
+            if opened.source is not None:
+                budgets.guard_stream(request, spend, opened.source, granted)
+            else:
+                budgets.settle_answer(request, spend, opened.status, opened.body)
         return opened
 
     return open_upstream
