@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 from gateway.background import BackgroundTasks
 from gateway.budget import Budget, Grant, Ledger
-from gateway.errors import BudgetExceeded, GatewayError
+from gateway.errors import BudgetExceeded
+from gateway.openai import carries_content
 from gateway.source import EventSource
 
 log = logging.getLogger("gateway.budget")
@@ -133,37 +134,36 @@ class BudgetGuard:
         self.source = source
         self.spend = spend
         self.granted = granted  # output tokens leased so far (the first lease, at admission)
-        self.delivered = source.content_events  # content events passed on to the other sinks
+        self.delivered = 0  # content events let through to the sinks
         self.exhausted: Grant | None = None
         self._drawing: asyncio.Task[Grant] | None = None
-        self._waiting = False  # the source is paused for a draw
+        self._holding = False  # a batch waits for the draw under way
 
-    # -- Sink -------------------------------------------------------------------------------------
+    # -- Guard ------------------------------------------------------------------------------------
 
-    def deliver(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
-        used = self.source.content_events  # this batch's events included
-        if used > self.granted:
-            if self._drawing is None and self.exhausted is None:
-                self._draw()
-            if self.exhausted is not None:
-                self._cut()
-                return
-            if not self._waiting:
-                self._waiting = True
-                self.source.pause()  # the next lease is on its way: wait for it, not past it
-        elif (
-            used >= self.granted - self.spend.lease_tokens // 2
+    def admit(self, payloads: list[bytes]) -> int:
+        taken = 0
+        for payload in payloads:
+            if carries_content(payload):
+                if self.delivered >= self.granted:
+                    break
+                self.delivered += 1
+            taken += 1
+        if (
+            self.delivered >= self.granted - self.spend.lease_tokens // 2
             and self._drawing is None
             and self.exhausted is None
         ):
+            self._draw()  # ahead of need: a healthy stream never waits
+        return taken
+
+    def wait(self) -> None:
+        if self.exhausted is not None:
+            self._cut()
+            return
+        self._holding = True  # released when the draw answers
+        if self._drawing is None:
             self._draw()
-        self.delivered = used
-
-    def keepalive(self) -> None:
-        return None
-
-    def finish(self, error: GatewayError | None) -> None:
-        return None  # a draw still on its way is counted in _drawn and settled with the rest
 
     # -- leases -----------------------------------------------------------------------------------
 
@@ -178,7 +178,9 @@ class BudgetGuard:
 
     def _drawn(self, task: asyncio.Task[Grant]) -> None:
         self._drawing = None
-        if task.cancelled():
+        if task.cancelled() or self.source.done:
+            if not task.cancelled() and task.exception() is None:
+                self.spend.took(task.result(), self.spend.output_usd_per_token)
             return
         error = task.exception()
         if error is not None:
@@ -191,15 +193,12 @@ class BudgetGuard:
         if grant.tokens <= 0:
             self.exhausted = grant
         self.granted += grant.tokens
-        if self._waiting:
-            self._waiting = False
-            if self.exhausted is not None and self.source.content_events > self.granted:
-                self._cut()
-            self.source.resume()
+        if self._holding:
+            self._holding = False
+            self.source.release()  # the held events are offered again: admitted, or cut
 
     def _cut(self) -> None:
         """End the stream at its budget. The batch that went past it was not delivered: it is
         not counted either, so the request is accounted with what its client got."""
-        grant = self.exhausted or Grant(0)
         self.source.content_events = self.delivered
-        self.source.fail(exceeded(grant, "the stream was ended there"))
+        self.source.fail(exceeded(self.exhausted or Grant(0), "the stream was ended there"))

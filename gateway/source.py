@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from gateway import redact
 from gateway.config import Deployment
@@ -33,6 +34,16 @@ DONE_EVENT = b"data: [DONE]\n\n"
 KEEPALIVE_COMMENT = encode_comment(b"keep-alive")
 _ERROR_PREFIX = b'{"error"'
 _USAGE_MARK = b'"usage":{'
+
+
+class Guard(Protocol):
+    """Sees each batch before any sink (the budget guard)."""
+
+    def admit(self, payloads: list[bytes]) -> int:
+        """How many of the batch's leading events may go out now."""
+
+    def wait(self) -> None:
+        """Events are held: call ``release()`` once they may go, or end the stream."""
 
 
 class GapCounts:
@@ -65,8 +76,10 @@ class EventSource:
 
     __slots__ = (
         "_backlog",
+        "_held",
         "_loop",
         "_paused",
+        "_pending_end",
         "_timer",
         "_wake_at",
         "content_events",
@@ -113,7 +126,9 @@ class EventSource:
         self.idle = deployment.timeouts.idle
         self.parser = SSEParser()
         self.sinks: list[Sink] = []
-        self.guard_sink: Sink | None = None  # sees every batch first (see guard())
+        self.guard_sink: Guard | None = None  # sees every batch first (see guard())
+        self._held: list[tuple[list[bytes], list[bytes], bool]] | None = None  # by the guard
+        self._pending_end: tuple[GatewayError | None] | None = None  # came while holding
         # What was framed, kept for sinks that attach later: until the first sink attaches, or
         # while it stays under ``record_limit`` bytes (coalescing and the cache need it all).
         self._backlog: list[tuple[bytes, list[bytes], bool]] = []
@@ -163,13 +178,30 @@ class EventSource:
             return
         self.sinks.append(sink)
 
-    def guard(self, sink: Sink) -> None:
-        """Set the sink that sees each batch before the others and may end the stream there
-        (the budget guard). It is shown what was framed so far; it is not a reader: the
+    def guard(self, guard: Guard) -> None:
+        """Set, before the stream starts, the guard that sees each batch before any sink and
+        may hold it back or end the stream there (the budget guard). It is not a reader: the
         backlog stays for the first sink, and its leaving cancels nothing."""
-        for framed, payloads, usage_only in self._backlog:
-            sink.deliver(framed, payloads, usage_only)
-        self.guard_sink = sink
+        assert self.events == 0, "a guard is set before the first event"
+        self.guard_sink = guard
+
+    def release(self) -> None:
+        """The guard has room again: what it held goes out in order (it may hold again), then
+        an end that came meanwhile."""
+        held, self._held = self._held, None
+        if held is None or self.done:
+            return
+        self.resume()
+        for index, batch in enumerate(held):
+            if self.done:
+                return
+            if self._held is not None:  # held again: the rest waits behind it
+                self._held.extend(held[index:])
+                return
+            self._guarded(*batch)
+        if self._pending_end is not None and not self.done:
+            ending, self._pending_end = self._pending_end, None
+            self._end(ending[0])
 
     def watch(self, watcher: Callable[[EventSource], None]) -> None:
         """Call ``watcher`` once the stream is over (at once if it is already)."""
@@ -189,6 +221,7 @@ class EventSource:
         """End the stream now with ``error`` (the upstream is cancelled, every sink told)."""
         if not self.done:
             self.termination = Termination.UPSTREAM_ERROR
+            self._held = self._pending_end = None  # what a guard held is dropped with it
             self._end(error)
 
     def close(self) -> None:
@@ -198,6 +231,7 @@ class EventSource:
         self.done = True
         self.termination = Termination.CLIENT_DISCONNECT
         self.error = UpstreamError("Every client of this stream left; it was cancelled.")
+        self._held = self._pending_end = None
         self.sinks = []
         self._cancel_timer()
         if self.gaps is not None:
@@ -338,13 +372,29 @@ class EventSource:
     def _deliver(self, parts: list[bytes], payloads: list[bytes], usage_only: bool) -> None:
         if not parts:
             return
-        framed = parts[0] if len(parts) == 1 else b"".join(parts)
         if not self.first.done():
             self.first.set_result(None)
         if self.guard_sink is not None:
-            self.guard_sink.deliver(framed, payloads, usage_only)
-            if self.done:
-                return  # the guard ended the stream: nobody gets this batch
+            self._guarded(parts, payloads, usage_only)
+            return
+        self._pass(parts[0] if len(parts) == 1 else b"".join(parts), payloads, usage_only)
+
+    def _guarded(self, parts: list[bytes], payloads: list[bytes], usage_only: bool) -> None:
+        """Through the guard: the events it admits go out, the rest wait for its next lease."""
+        if self._held is not None:
+            self._held.append((parts, payloads, usage_only))
+            return
+        assert self.guard_sink is not None
+        taken = self.guard_sink.admit(payloads)
+        if taken:
+            framed = parts[0] if taken == 1 else b"".join(parts[:taken])
+            self._pass(framed, payloads if taken == len(payloads) else payloads[:taken], usage_only)
+        if taken < len(parts) and not self.done:
+            self._held = [(parts[taken:], payloads[taken:], usage_only)]
+            self.pause()
+            self.guard_sink.wait()  # for a lease; or, with the budget spent, the stream ends
+
+    def _pass(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
         if self.recording:
             self._record(framed, payloads, usage_only)
         for sink in self.sinks:
@@ -379,6 +429,9 @@ class EventSource:
 
     def _end(self, error: GatewayError | None) -> None:
         """The stream is over: tell the sinks, release (or keep) the upstream connection."""
+        if self._held is not None:
+            self._pending_end = (error,)  # after what the guard holds (see release)
+            return
         self.done = True
         self.error = error
         self._cancel_timer()

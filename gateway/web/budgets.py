@@ -67,9 +67,14 @@ async def admit(spend: KeySpend, parsed: ParsedRequest) -> int:
     return await spend.admit(estimate_prompt_tokens(parsed.body))
 
 
-def guard_stream(request: web.Request, spend: KeySpend, source: EventSource, granted: int) -> None:
-    """Keep the chosen stream inside its leases, and settle when it ends."""
+def guard(spend: KeySpend, source: EventSource, granted: int) -> None:
+    """Keep a stream inside its leases from its very first event (each attempt of a request
+    gets one; the router cancels the attempts it does not choose before they deliver)."""
     source.guard(BudgetGuard(source, spend, granted=granted))
+
+
+def settle_stream(request: web.Request, spend: KeySpend, source: EventSource) -> None:
+    """Settle when the chosen stream ends: the upstream's usage, else what was delivered."""
     body = request[RECORD].body or {}
 
     def ended(done: EventSource) -> None:

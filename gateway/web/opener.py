@@ -54,9 +54,12 @@ def opener(
     def body_for(serving: ModelRoute, deployment: Deployment, key: str | None) -> UpstreamCall:
         return upstream_call(parsed, serving, deployment, key)
 
+    spend = budgets.key_spend(request, route, parsed)
+    lease = 0  # output tokens the admission drew, for the guard of each attempt's stream
+
     def make_source(response: UpstreamResponse, deployment: Deployment) -> EventSource:
         translated = deployment.type not in ("openai", "azure") and not deployment.in_process
-        return EventSource(
+        source = EventSource(
             response,
             deployment,
             keepalive=server.keepalive_interval,
@@ -64,11 +67,14 @@ def opener(
             record_limit=record_limit,
             decoder=UPSTREAM_TYPES[deployment.type].decoder() if translated else None,
         )
-
-    spend = budgets.key_spend(request, route, parsed)
+        if spend is not None:
+            budgets.guard(spend, source, lease)
+        return source
 
     async def open_upstream() -> OpenedUpstream:
-        granted = 0 if spend is None else await budgets.admit(spend, parsed)
+        nonlocal lease
+        if spend is not None:
+            lease = await budgets.admit(spend, parsed)
         try:
             opened: Opened = await app[ROUTER].open(
                 route,
@@ -86,7 +92,7 @@ def opener(
             opened.body = UPSTREAM_TYPES[kind].completion_from_upstream(opened.body)
         if spend is not None:
             if opened.source is not None:
-                budgets.guard_stream(request, spend, opened.source, granted)
+                budgets.settle_stream(request, spend, opened.source)
             else:
                 budgets.settle_answer(request, spend, opened.status, opened.body)
         return opened

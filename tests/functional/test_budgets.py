@@ -242,3 +242,32 @@ async def test_budgets_in_the_cli_and_the_admin_api(
         ) as response:
             assert response.status == 400
             assert orjson.loads(await response.read())["error"]["param"] == "budget_usd"
+
+
+async def test_a_cut_stream_ends_in_the_clients_dialect(
+    start_gateway: Any, mock_upstream: Proc, tmp_path: Path
+) -> None:
+    """An Anthropic Messages client's stream is cut with one Anthropic ``error`` event, the
+    budget named in its message, and no ``message_stop``."""
+    env = store_env(tmp_path)
+    _, key = create_key(env, "--budget-usd", "0.05/day")  # 50 output tokens
+    gateway: Proc = start_gateway(
+        "--config", str(priced_config(tmp_path, mock_upstream.url)), env=env
+    )
+    body = {
+        "model": "mock-gpt", "max_tokens": 500, "stream": True,
+        "messages": [{"role": "user", "content": "hello"}],
+    }  # fmt: skip
+    async with aiohttp.ClientSession() as session:  # a Messages body carries no mock settings
+        behaviour = {"defaults": {"chunks": ANSWER_TOKENS}}
+        async with session.post(mock_upstream.url + "/_mock/behaviour", json=behaviour) as r:
+            assert r.status == 200
+    read = await read_stream(gateway.url + "/v1/messages", body, {"x-api-key": key})
+    assert read.status == 200
+    events = [orjson.loads(d) for d in read.data]
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "error" and kinds.count("error") == 1 and "message_stop" not in kinds
+    assert events[-1]["error"]["type"] == "rate_limit_error"
+    assert "$0.05/day" in events[-1]["error"]["message"]
+    texts = [e for e in events if e["type"] == "content_block_delta"]
+    assert 40 <= len(texts) <= 50 + LEASE
