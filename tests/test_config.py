@@ -266,3 +266,34 @@ def test_prices_override_the_built_in_table(tmp_path: Path) -> None:
     path.write_text("prices: {my-model: {input: 1, output: 2, extra: 3}}\n")
     with pytest.raises(ConfigError, match=r"prices\.my-model\.extra: unknown setting"):
         load_config(path, environ={})
+
+
+def test_every_settable_field_of_every_section_has_an_environment_name() -> None:
+    """The strict environment check is read from the settings' own fields: every field of every
+    section, nested ones included, is a path a variable may set, and a misspelt one is not."""
+    from gateway.config import Config, _known_path
+    from gateway.config.schema import entries
+
+    def paths(cls: type, prefix: list[str]) -> list[list[str]]:
+        found: list[list[str]] = []
+        for name, entry in entries(cls).items():
+            path = [*prefix, name, *(["x"] if entry.by_name else [])]
+            found.append(path)
+            assert not _known_path([*prefix, f"{name}_typo"]), ".".join(path)
+            if entry.section is not None:
+                found.extend(paths(entry.section, path))
+        return found
+
+    every = paths(Config, [])
+    assert ["deployments", "x", "timeouts", "idle"] in every
+    assert ["routing", "retries", "statuses"] in every
+    for path in every:
+        assert _known_path(path), ".".join(path)
+
+
+def test_limits_are_named_once() -> None:
+    """The rate limits a config sets are listed from the LimitSettings fields marked as limits."""
+    config = load_config(
+        None, {"LLM_GATEWAY_LIMITS__KEY_RPM": "5", "LLM_GATEWAY_LIMITS__IP_RPM": "2"}
+    )
+    assert config.limits.configured() == {"key_rpm": 5, "ip_rpm": 2} and config.limits.any
