@@ -297,3 +297,17 @@ def test_limits_are_named_once() -> None:
         None, {"LLM_GATEWAY_LIMITS__KEY_RPM": "5", "LLM_GATEWAY_LIMITS__IP_RPM": "2"}
     )
     assert config.limits.configured() == {"key_rpm": 5, "ip_rpm": 2} and config.limits.any
+
+
+def test_a_redis_cache_without_redis_fails_at_load(tmp_path: Path) -> None:
+    """cache.backend: redis needs store.redis_url; the check is made at load, naming the file
+    (or the variable), not when the app is built."""
+    path = write(tmp_path, "cache: {backend: redis}\n")
+    with pytest.raises(ConfigError, match=r"gateway\.yaml: cache\.backend: redis needs Redis"):
+        load_config(path, {})
+    with pytest.raises(
+        ConfigError, match=r"^environment LLM_GATEWAY_CACHE__BACKEND: cache\.backend"
+    ):
+        load_config(None, {"LLM_GATEWAY_CACHE__BACKEND": "redis"})
+    with_redis = load_config(path, {"LLM_GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert with_redis.cache.backend == "redis"

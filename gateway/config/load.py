@@ -131,6 +131,8 @@ def build_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
 
 def check_across(config: Config) -> None:
     """Checks of one setting against another, made at load so the message names the file."""
+    if config.cache.backend == "redis" and config.store.redis_url is None:
+        raise Invalid("cache.backend", "redis needs Redis (store.redis_url, LLM_GATEWAY_REDIS_URL)")
 
 
 def build_section(
