@@ -311,3 +311,26 @@ def test_a_redis_cache_without_redis_fails_at_load(tmp_path: Path) -> None:
         load_config(None, {"LLM_GATEWAY_CACHE__BACKEND": "redis"})
     with_redis = load_config(path, {"LLM_GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0"})
     assert with_redis.cache.backend == "redis"
+
+
+def test_server_max_streams_is_a_deprecated_name_for_max_in_flight(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """server.max_in_flight caps requests in flight per worker; the old name max_streams (in a
+    file or as LLM_GATEWAY_MAX_STREAMS) still sets it with a warning, and both at once fail."""
+    assert load_config(write(tmp_path, "server: {max_in_flight: 7}\n"), {}).server.request_cap == 7
+    assert load_config(None, {}).server.max_in_flight > 0  # from the fd limit
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        old = load_config(write(tmp_path, "server: {max_streams: 5}\n"), {})
+    assert old.server.max_in_flight == 5
+    assert "server.max_streams is deprecated" in caplog.text and "max_in_flight" in caplog.text
+    assert load_config(None, {"LLM_GATEWAY_MAX_STREAMS": "6"}).server.max_in_flight == 6
+    with pytest.raises(ConfigError, match=r"^environment LLM_GATEWAY_MAX_STREAMS: server\.max_st"):
+        load_config(None, {"LLM_GATEWAY_MAX_STREAMS": "-1"})
+    both = write(tmp_path, "server: {max_streams: 5, max_in_flight: 6}\n")
+    with pytest.raises(ConfigError, match=r"gateway\.yaml: server\.max_streams: renamed"):
+        load_config(both, {})
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "server: {max_in_fligth: 6}\n"), {})
+    listed = str(caught.value).split("expected one of:")[1]
+    assert "max_in_flight" in listed and "max_streams" not in listed

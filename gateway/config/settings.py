@@ -157,7 +157,8 @@ class ServerSettings:
     drain_grace: float = 30.0
     cors_origins: tuple[str, ...] = ()
     # /v1 requests in flight per worker; beyond it an immediate 503. 0: from the fd limit.
-    max_streams: int = setting(0, minimum=0, auto=_from_fd_limit)
+    # Called max_streams before: that name is still read, with a deprecation warning.
+    max_in_flight: int = setting(0, minimum=0, auto=_from_fd_limit, alias="max_streams")
     shed_lag: float = 0.5  # event-loop lag (s) past which new requests are shed with a 503
     shed_queue: int = 1024  # connections waiting to be accepted past which the same happens
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"), fold_case=True)
@@ -172,8 +173,8 @@ class ServerSettings:
 
     @property
     def request_cap(self) -> int:
-        """Requests in flight one worker takes (``max_streams``, else from the fd limit)."""
-        return self.max_streams or streams_per_worker()
+        """Requests in flight one worker takes (``max_in_flight``, else from the fd limit)."""
+        return self.max_in_flight or streams_per_worker()
 
     @property
     def mock_overrides_allowed(self) -> bool:
