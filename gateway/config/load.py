@@ -123,8 +123,8 @@ def build_config(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]
     }
     models = _models(mapping(raw.get("models"), "models"), deployments, environ)
     prices = _prices(mapping(raw.get("prices"), "prices"))
-    given = {"source": source, "routing": routing, "deployments": deployments, "models": models}
-    config = build_section(Config, raw, "", environ, given={**given, "prices": prices})
+    built = {"routing": routing, "deployments": deployments, "models": models, "prices": prices}
+    config = build_section(Config, raw, "", environ, given={"source": source, **built})
     check_across(config)
     return config
 
@@ -146,9 +146,10 @@ def build_section(
 ) -> _S:
     """A section from its raw mapping, each value checked by its field's type and rule.
 
-    ``key`` is the section's dotted path; fields in ``given`` were built by the caller; absent
-    ones keep ``base``'s values (else the defaults; a section is built, so its ``auto`` values are
-    computed too), or are computed by their ``auto``.
+    ``key`` is the section's dotted path; fields in ``given`` were built by the caller. A field
+    the mapping leaves out is computed by its ``auto`` rule; a nested section left out is built
+    from nothing (so its own ``auto`` fields are computed); any other keeps ``base``'s value, or
+    its default.
     """
     spec = mapping(raw, key)
     prefix = f"{key}." if key else ""
