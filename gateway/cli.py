@@ -126,11 +126,7 @@ def check_config(path: str | None) -> None:
         extra += f", then {', '.join(route.fallbacks)})" if route.fallbacks else ")"
         click.echo(f"  model {route.name} -> {target}{upstream}{extra}")
     limits = config.limits
-    set_limits = [
-        f"{name}={value}"
-        for name in ("key_rpm", "key_tpm", "key_concurrent", "ip_rpm", "global_rps")
-        if (value := getattr(limits, name)) is not None
-    ]
+    set_limits = [f"{name}={value}" for name, value in limits.configured().items()]
     click.echo(f"  limits: {', '.join(set_limits) or 'none (keys may carry their own)'}")
     click.echo(
         f"  cache: {config.cache.mode}, scope {config.cache.scope}, ttl {config.cache.ttl:g} s"

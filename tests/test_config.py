@@ -266,3 +266,71 @@ def test_prices_override_the_built_in_table(tmp_path: Path) -> None:
     path.write_text("prices: {my-model: {input: 1, output: 2, extra: 3}}\n")
     with pytest.raises(ConfigError, match=r"prices\.my-model\.extra: unknown setting"):
         load_config(path, environ={})
+
+
+def test_every_settable_field_of_every_section_has_an_environment_name() -> None:
+    """The strict environment check is read from the settings' own fields: every field of every
+    section, nested ones included, is a path a variable may set, and a misspelt one is not."""
+    from gateway.config import Config, _known_path
+    from gateway.config.schema import entries
+
+    def paths(cls: type, prefix: list[str]) -> list[list[str]]:
+        found: list[list[str]] = []
+        for name, entry in entries(cls).items():
+            path = [*prefix, name, *(["x"] if entry.by_name else [])]
+            found.append(path)
+            assert not _known_path([*prefix, f"{name}_typo"]), ".".join(path)
+            if entry.section is not None:
+                found.extend(paths(entry.section, path))
+        return found
+
+    every = paths(Config, [])
+    assert ["deployments", "x", "timeouts", "idle"] in every
+    assert ["routing", "retries", "statuses"] in every
+    for path in every:
+        assert _known_path(path), ".".join(path)
+
+
+def test_limits_are_named_once() -> None:
+    """The rate limits a config sets are listed from the LimitSettings fields marked as limits."""
+    config = load_config(
+        None, {"LLM_GATEWAY_LIMITS__KEY_RPM": "5", "LLM_GATEWAY_LIMITS__IP_RPM": "2"}
+    )
+    assert config.limits.configured() == {"key_rpm": 5, "ip_rpm": 2} and config.limits.any
+
+
+def test_a_redis_cache_without_redis_fails_at_load(tmp_path: Path) -> None:
+    """cache.backend: redis needs store.redis_url; the check is made at load, naming the file
+    (or the variable), not when the app is built."""
+    path = write(tmp_path, "cache: {backend: redis}\n")
+    with pytest.raises(ConfigError, match=r"gateway\.yaml: cache\.backend: redis needs Redis"):
+        load_config(path, {})
+    with pytest.raises(
+        ConfigError, match=r"^environment LLM_GATEWAY_CACHE__BACKEND: cache\.backend"
+    ):
+        load_config(None, {"LLM_GATEWAY_CACHE__BACKEND": "redis"})
+    with_redis = load_config(path, {"LLM_GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert with_redis.cache.backend == "redis"
+
+
+def test_server_max_streams_is_a_deprecated_name_for_max_in_flight(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """server.max_in_flight caps requests in flight per worker; the old name max_streams (in a
+    file or as LLM_GATEWAY_MAX_STREAMS) still sets it with a warning, and both at once fail."""
+    assert load_config(write(tmp_path, "server: {max_in_flight: 7}\n"), {}).server.request_cap == 7
+    assert load_config(None, {}).server.max_in_flight > 0  # from the fd limit
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        old = load_config(write(tmp_path, "server: {max_streams: 5}\n"), {})
+    assert old.server.max_in_flight == 5
+    assert "server.max_streams is deprecated" in caplog.text and "max_in_flight" in caplog.text
+    assert load_config(None, {"LLM_GATEWAY_MAX_STREAMS": "6"}).server.max_in_flight == 6
+    with pytest.raises(ConfigError, match=r"^environment LLM_GATEWAY_MAX_STREAMS: server\.max_st"):
+        load_config(None, {"LLM_GATEWAY_MAX_STREAMS": "-1"})
+    both = write(tmp_path, "server: {max_streams: 5, max_in_flight: 6}\n")
+    with pytest.raises(ConfigError, match=r"gateway\.yaml: server\.max_streams: renamed"):
+        load_config(both, {})
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "server: {max_in_fligth: 6}\n"), {})
+    listed = str(caught.value).split("expected one of:")[1]
+    assert "max_in_flight" in listed and "max_streams" not in listed

@@ -269,8 +269,7 @@ async def _limiter(app: web.Application) -> AsyncIterator[None]:
 
 def _cache_backend(config: Config, redis: aioredis.Redis | None) -> CacheBackend:
     settings = config.cache
-    if settings.backend == "redis" and redis is None:
-        raise ConfigError("cache.backend: redis needs Redis (LLM_GATEWAY_REDIS_URL)")
+    # backend: redis without Redis is refused by load_config, naming the file.
     if settings.backend != "memory" and redis is not None:
         return RedisBackend(
             redis,

@@ -191,10 +191,10 @@ async def test_ip_and_global_limits_without_redis(
 async def test_worker_cap_and_per_key_concurrency(
     start_gateway: Any, mock_upstream: Proc, tmp_path: Path, sqlite_env: dict[str, str]
 ) -> None:
-    """Beyond max_streams an immediate 503; beyond a key's concurrent limit a 429."""
+    """Beyond max_in_flight an immediate 503; beyond a key's concurrent limit a 429."""
     _, key_a = create_key(sqlite_env)
     _, key_b = create_key(sqlite_env)
-    config = write_config(tmp_path, mock_upstream.url, server="  max_streams: 3")
+    config = write_config(tmp_path, mock_upstream.url, server="  max_in_flight: 3")
     config.write_text(config.read_text() + "limits: {key_concurrent: 2}\n")
     gateway: Proc = start_gateway("--config", str(config), env=sqlite_env)
     slow = chat_body("mock-gpt", mock={"chunks": 10, "delay": 0.2})  # a 2 s stream
