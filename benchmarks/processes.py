@@ -158,11 +158,10 @@ def start(
     return Server(name, process, port, log)
 
 
-def start_mock(name: str, cpu: int, workdir: Path) -> Server:
-    """`llm-gateway mock-upstream` pinned to ``cpu``."""
-    return start(
-        name, cpu, [str(BIN / "llm-gateway"), "mock-upstream", "--port", "{port}"], workdir
-    )
+def start_mock(name: str, cpu: int, workdir: Path, *options: str) -> Server:
+    """`llm-gateway mock-upstream [options]` pinned to ``cpu``."""
+    args = [str(BIN / "llm-gateway"), "mock-upstream", "--port", "{port}", *options]
+    return start(name, cpu, args, workdir)
 
 
 def start_relay(name: str, cpu: int, upstream: Server, workdir: Path) -> Server:

@@ -6,7 +6,8 @@ CPU 0 to itself; its upstream mock, this load client and the idle-stream holders
 Everything runs in a temporary directory with a store and config of its own; only the outputs
 are written here: var/bench.json, var/bench.md and var/bench.png.
 
-    python -m benchmarks.run [--quick] [--only json burst paced500 paced1000 idle extras failover]
+    python -m benchmarks.run [--quick]
+                             [--only json burst paced500 paced1000 idle extras failover hedging]
                              [--targets mock relay before off on] [--before REF]
 """
 
@@ -26,14 +27,14 @@ from typing import Any
 import orjson
 import uvloop
 
-from benchmarks import extras, failover, report, scenarios
+from benchmarks import extras, failover, hedging, report, scenarios
 from benchmarks.processes import Server
 from benchmarks.scenarios import Outcome, Scale
 from benchmarks.targets import CLIENT_CPU, SUT_CPU, TARGETS, started
 
 OUTPUT = Path("var")
 CORE = ("json", "burst", "paced500", "paced1000", "idle")
-ALL = (*CORE, "extras", "failover")
+ALL = (*CORE, "extras", "failover", "hedging")
 BEGAN = time.monotonic()
 
 
@@ -82,6 +83,9 @@ async def measure(
     if "failover" in only:
         progress("failover")
         data["failover"] = await failover.scenario(workdir)
+    if "hedging" in only:
+        progress("hedging: off, after 0.3 s, after p95")
+        data["hedging"] = await hedging.scenario(workdir, scale.hedge_seconds)
     progress("done")
     return data
 
@@ -133,6 +137,8 @@ def write(data: dict[str, Any]) -> str:
         parts.append(extras.table(data["extras"]))
     if data.get("failover"):
         parts.append(failover.table(data["failover"]))
+    if data.get("hedging"):
+        parts.append(hedging.table(data["hedging"]))
     OUTPUT.mkdir(exist_ok=True)
     (OUTPUT / "bench.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     if data["cdf"] or data["results"]:
@@ -181,7 +187,8 @@ def main() -> None:
     except BaseException:
         print(f"(the processes' logs are kept in {workdir})", file=sys.stderr)
         raise
-    if any(f.get("errors") for s in data["results"].values() for f in s.values()):
+    measured = [*data["results"].values(), data.get("hedging", {})]
+    if any(f.get("errors") for s in measured for f in s.values()):
         print(f"(errors: the processes' logs are kept in {workdir})", file=sys.stderr)
     else:
         shutil.rmtree(workdir, ignore_errors=True)

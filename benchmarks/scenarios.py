@@ -34,10 +34,11 @@ class Scale:
     paced_seconds: float = 6.0
     paced: tuple[int, int] = (500, 1000)
     idle: int = 8000
+    hedge_seconds: float = 6.0  # per hedging variant (three of them)
 
     @staticmethod
     def quick() -> Scale:
-        return Scale(seconds=1.5, paced_seconds=2.0, paced=(100, 200), idle=1000)
+        return Scale(seconds=1.5, paced_seconds=2.0, paced=(100, 200), idle=1000, hedge_seconds=3.0)
 
 
 @dataclass

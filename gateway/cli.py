@@ -351,6 +351,20 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> None:
     help="Seconds before the response headers.",
 )
 @click.option(
+    "--slow-first-ratio",
+    type=click.FloatRange(min=0, max=1),
+    default=0.0,
+    show_default=True,
+    help="Share of requests (every 1/ratio-th, evenly) that wait --slow-first-delay instead.",
+)
+@click.option(
+    "--slow-first-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds before the response headers of the slow share of requests.",
+)
+@click.option(
     "--fail-status",
     type=click.IntRange(min=400, max=599),
     default=None,
@@ -363,6 +377,8 @@ def mock_upstream(
     chunk_size: int,
     delay: float,
     first_byte_delay: float,
+    slow_first_ratio: float,
+    slow_first_delay: float,
     fail_status: int | None,
 ) -> None:
     """Run the built-in OpenAI-compatible mock upstream (demos, tests, benchmarks).
@@ -379,6 +395,8 @@ def mock_upstream(
         chunk_size=chunk_size,
         delay=delay,
         first_byte_delay=first_byte_delay,
+        slow_first_ratio=slow_first_ratio,
+        slow_first_delay=slow_first_delay,
         fail_status=fail_status,
     )
     run_mock(host, port, behaviour)

@@ -59,6 +59,10 @@ class MockBehaviour:
     cached_tokens: int = 0  # reported as prompt_tokens_details.cached_tokens (at most the prompt)
     honour_max_tokens: bool = True  # False: answer past max_tokens, as a misbehaving upstream may
     reply: str | None = None  # answer with this text (cut into ``chunks`` pieces), not random words
+    # A share of the server's requests whose first byte waits ``slow_first_delay`` instead of
+    # ``first_byte_delay`` (an upstream with a slow tail): see :func:`first_byte_delay`.
+    slow_first_ratio: float = 0.0
+    slow_first_delay: float = 0.0
 
     def merged(self, overrides: Mapping[str, Any]) -> MockBehaviour:
         """A copy with ``overrides`` applied; a ValueError names any bad key or value."""
@@ -94,7 +98,7 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
                 raise ValueError
             return number
         seconds = float(value)
-        if seconds < 0 or not math.isfinite(seconds):
+        if seconds < 0 or not math.isfinite(seconds) or (key.endswith("ratio") and seconds > 1):
             raise ValueError
         return seconds
     except (TypeError, ValueError):
@@ -117,6 +121,18 @@ def behaviour_for(
     if not isinstance(in_body, Mapping):
         raise ValueError("the 'mock' field must be an object")
     return behaviour.merged(in_body)
+
+
+def first_byte_delay(behaviour: MockBehaviour, index: int) -> float:
+    """Seconds before the first byte of the server's request number ``index`` (from 1).
+
+    Request n is slow when ``floor(n * slow_first_ratio)`` steps up at n: exactly that share of
+    requests, spread evenly, and the same requests on every run (benchmarks are reproducible).
+    """
+    ratio = behaviour.slow_first_ratio
+    if ratio and math.floor(index * ratio) > math.floor((index - 1) * ratio):
+        return behaviour.slow_first_delay
+    return behaviour.first_byte_delay
 
 
 # -- content ---------------------------------------------------------------------------------------

@@ -161,8 +161,8 @@ async def _answer(
 ) -> web.StreamResponse:
     state = request.app[MOCK_STATE]
     chat = request.path.endswith("/chat/completions")
-    if behaviour.first_byte_delay:
-        await asyncio.sleep(behaviour.first_byte_delay)
+    if delay := mock.first_byte_delay(behaviour, record.seq):
+        await asyncio.sleep(delay)
     if behaviour.fail_before_first_byte:
         state.end(record, "failed")
         assert request.transport is not None
@@ -328,8 +328,8 @@ async def _answer_in_dialect(
     record: RecordedRequest,
 ) -> web.StreamResponse:
     state = request.app[MOCK_STATE]
-    if behaviour.first_byte_delay:
-        await asyncio.sleep(behaviour.first_byte_delay)
+    if delay := mock.first_byte_delay(behaviour, record.seq):
+        await asyncio.sleep(delay)
     if behaviour.fail_status is not None:
         state.end(record, "failed")
         failure = dialect.error_body(behaviour.fail_status, f"mock failure {behaviour.fail_status}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from benchmarks import report, run
+from benchmarks import hedging, report, run
 from benchmarks.processes import cpu_seconds, start_mock, start_relay, tree
 from gateway import mock
 from tests.conftest import ROOT
@@ -153,3 +153,31 @@ def test_warnings_name_what_makes_a_figure_unreliable() -> None:
         "limit",
     ]
     assert run.warnings({"json": {"mock": {"req/s": 1000.0}, "on": {"req/s": 500.0}}}) == []
+
+
+def test_hedging_reads_counters_by_label_and_tables_each_variant() -> None:
+    """Counters are summed over the samples whose labels match; each variant is one table row."""
+    exposition = "\n".join(
+        [
+            "# HELP llm_gateway_hedges_total Hedged streams by outcome",
+            'llm_gateway_hedges_total{outcome="won"} 7.0',
+            'llm_gateway_hedges_total{outcome="lost"} 2.0',
+            'llm_gateway_hedge_prompt_tokens_total{model="mock-gpt"} 1400.0',
+            'llm_gateway_prompt_tokens_total{model="mock-gpt",key="a"} 100.0',
+            'llm_gateway_prompt_tokens_total{model="mock-gpt",key="b"} 50.0',
+        ]
+    )
+    assert hedging.metric(exposition, "llm_gateway_hedges_total", 'outcome="won"') == 7.0
+    assert hedging.metric(exposition, "llm_gateway_hedges_total") == 9.0
+    assert hedging.metric(exposition, "llm_gateway_prompt_tokens_total") == 150.0
+    assert hedging.metric(exposition, "llm_gateway_shed_total") == 0.0
+    table = hedging.table(
+        {
+            "hedging off": {"TTFE p99 ms": 2006.9, "hedges/req": 0.0},
+            "after 0.3 s": {"TTFE p99 ms": 306.1, "hedges/req": 0.1, "others on CPU 0 %": 38.0},
+        }
+    )
+    rows = table.splitlines()
+    assert rows[2].startswith("| hedging off | - | - | - | 2,007 |") and "| 0 |" in rows[2]
+    assert rows[3].startswith("| after 0.3 s |") and "| 306 | - | - | 0.100 |" in rows[3]
+    assert rows[-1] == "- warning: hedging, after 0.3 s: other processes took 38% of CPU 0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -196,3 +197,37 @@ def test_mock_overrides_default_to_loopback_only() -> None:
     assert not ServerSettings(host="0.0.0.0").mock_overrides_allowed
     assert ServerSettings(host="0.0.0.0", mock_overrides="on").mock_overrides_allowed
     assert not ServerSettings(mock_overrides="off").mock_overrides_allowed
+
+
+def test_slow_first_events_are_an_exact_share_spread_evenly() -> None:
+    """slow_first_ratio picks the same requests every run: every 1/ratio-th, exactly that share."""
+    behaviour = mock.MockBehaviour(slow_first_ratio=0.1, slow_first_delay=2.0)
+    delays = [mock.first_byte_delay(behaviour, n) for n in range(1, 1001)]
+    assert [n for n, d in enumerate(delays, 1) if d][:3] == [10, 20, 30]
+    assert delays.count(2.0) == 100 and delays.count(0.0) == 900
+    quarter = behaviour.merged({"slow_first_ratio": "0.25", "first_byte_delay": 0.1})
+    slow = [n for n in range(1, 10) if mock.first_byte_delay(quarter, n) == 2.0]
+    assert slow == [4, 8] and mock.first_byte_delay(quarter, 5) == 0.1
+    assert mock.first_byte_delay(mock.DEFAULT_BEHAVIOUR, 10) == 0.0
+    with pytest.raises(ValueError, match="slow_first_ratio"):
+        behaviour.merged({"slow_first_ratio": 1.5})
+
+
+async def test_the_server_delays_its_slow_share_of_requests() -> None:
+    """Started with a slow share, the mock makes every 2nd request wait; X-Mock-* headers set it."""
+    runner, port = await start_mock_server(
+        "127.0.0.1", 0, mock.MockBehaviour(slow_first_ratio=0.5, slow_first_delay=0.4)
+    )
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    took: list[float] = []
+    try:
+        headers: list[dict[str, str]] = [{}, {}, {}, {"X-Mock-Slow-First-Ratio": "0"}]
+        for extra in headers:
+            began = time.monotonic()
+            result = await read_stream(url, chat_body("mock-gpt"), headers=extra)
+            assert result.done
+            took.append(time.monotonic() - began)
+    finally:
+        await runner.cleanup()
+    fast, slow = [took[0], took[2], took[3]], took[1]
+    assert slow >= 0.4 and max(fast) < 0.3
