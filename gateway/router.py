@@ -407,7 +407,7 @@ class Router:
                     if error is None:
                         if primary_error is not None:
                             self._judge(attempt.health, key, primary_error, counted)
-                        return self._won(task, primary, racers, extra)
+                        return self._won(task, primary, racers, extra, self._clock() - started)
                     if not isinstance(error, GatewayError):
                         raise error
                     if task is primary:
@@ -468,8 +468,14 @@ class Router:
         primary: asyncio.Future[Opened],
         racers: dict[asyncio.Future[Opened], tuple[DeploymentHealth, str]],
         extra: int,
+        elapsed: float,
     ) -> Opened:
         opened = winner.result()
+        if primary in racers:
+            # The slow primary lost: its time to first event was at least this long. Kept in its
+            # window, or the slow answers hedged away would vanish from its p95 and `after: p95`
+            # would hedge at the fast ones' p95.
+            racers[primary][0].recent.append(elapsed)
         opened.hedges = extra
         opened.hedges_lost = len(racers)  # still running: cancelled, their prompt paid
         if extra == 0:
