@@ -23,16 +23,15 @@ import time
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gateway import metrics
 from gateway.background import cancel_and_wait
 from gateway.config import StatsSettings
+from gateway.redisconn import RedisConn, RedisUnavailable
 from gateway.spool import Spool
 from gateway.stats import RETRY_BACKOFF_MAX, SidecarStatistics
 from gateway.store.base import StatsEvent, Store, StoreUnavailable
-from gateway.store.redis import REDIS_ERRORS
 
 log = logging.getLogger("gateway.bus")
 
@@ -54,18 +53,17 @@ class BusPublisher:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisConn,
         *,
         stream: str,
         settings: StatsSettings,
         spool: Spool | None = None,
-        timeout: float = 2.0,
     ) -> None:
-        self._redis = redis
+        self._redis = redis.client
+        self._guard = redis.guard("bus")
         self._stream = stream
         self._settings = settings
         self._spool = spool
-        self._timeout = timeout
         self._queue: collections.deque[StatsEvent] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -130,9 +128,8 @@ class BusPublisher:
             for event in batch:
                 pipe.xadd(self._stream, {"e": orjson.dumps(event)})
             try:
-                async with asyncio.timeout(self._timeout + 0.5):
-                    await pipe.execute()
-            except REDIS_ERRORS as exc:
+                await self._guard.call(pipe.execute())
+            except RedisUnavailable as exc:
                 self._failures += 1
                 metrics.STATS_FLUSH_FAILURES.inc()
                 log.warning("usage bus publish failed; will retry",
@@ -165,23 +162,21 @@ class BusConsumer:
 
     def __init__(
         self,
-        url: str,
+        redis: RedisConn,
         store: Store,
         *,
         stream: str,
         settings: StatsSettings,
-        timeout: float = 2.0,
         name: str | None = None,
     ) -> None:
-        # A client of its own without a socket timeout: XREADGROUP BLOCK outlives redis-py's
-        # default 5 s (PITFALLS.md); every call is bounded by asyncio.timeout instead.
-        self._redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=timeout, max_connections=2
-        )
+        # A connection of its own without a socket timeout: XREADGROUP BLOCK outlives the
+        # socket timeout; every call is bounded by the guard instead.
+        self._conn = redis.blocking_reader()
+        self._redis = self._conn.client
+        self._guard = self._conn.guard("bus")
         self._store = store
         self._stream = stream
         self._settings = settings
-        self._timeout = timeout
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         # Entry id -> event (None: unreadable, acknowledged with the batch), read and not acked.
         self._pending: dict[str, StatsEvent | None] = {}
@@ -197,8 +192,7 @@ class BusConsumer:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-bus-consume")
 
     async def _call(self, call: Any, extra: float = 0.0) -> Any:
-        async with asyncio.timeout(self._timeout + extra + 0.5):
-            return await call
+        return await self._guard.call(call, extra=extra)
 
     async def _run(self) -> None:
         backoff = 0.0
@@ -212,7 +206,7 @@ class BusConsumer:
                     grouped = True
                 await self._step()
                 backoff = 0.0
-            except REDIS_ERRORS as exc:
+            except RedisUnavailable as exc:
                 log.warning("usage bus read failed; will retry", extra={"error": str(exc)})
                 backoff = min(max(backoff * 2, 0.5), RETRY_BACKOFF_MAX)
             except StoreUnavailable as exc:
@@ -221,11 +215,14 @@ class BusConsumer:
                 backoff = min(max(backoff * 2, 0.5), RETRY_BACKOFF_MAX)
 
     async def _create_group(self) -> None:
-        try:
-            await self._call(self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True))
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        async def create() -> None:
+            try:
+                await self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:  # an answer, not a failure: the group exists
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+        await self._call(create())
 
     async def _step(self) -> None:
         """Claim what dead consumers left, read more, and commit once a batch is due."""
@@ -316,7 +313,7 @@ class BusConsumer:
             await cancel_and_wait(self._task)
             self._task = None
         if self._pending:
-            with contextlib.suppress(*REDIS_ERRORS, StoreUnavailable):
+            with contextlib.suppress(RedisUnavailable, StoreUnavailable):
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                     await self.commit()
-        await self._redis.aclose()
+        await self._conn.aclose()

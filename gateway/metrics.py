@@ -171,6 +171,11 @@ RATE_LIMIT_FALLBACKS = Counter(
     "llm_gateway_rate_limit_fallbacks_total",
     "Rate-limiter calls answered by the worker's local limits because Redis did not answer.",
 )
+REDIS_FAILURES = Counter(
+    "llm_gateway_redis_failures_total",
+    "Redis calls that failed or timed out, by user (store, limiter, cache, streams, bus).",
+    ["user"],
+)
 CACHE_EVICTIONS = Counter(
     "llm_gateway_cache_evictions_total", "In-memory cache entries evicted to stay within bounds."
 )

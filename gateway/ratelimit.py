@@ -8,12 +8,13 @@ clock so every instance agrees on the time. A concurrency limit is a sorted set 
 expire, so a crashed worker cannot hold slots forever.
 
 When Redis does not answer within ``redis_timeout`` the limiter falls back to this worker's own
-windows behind a circuit breaker (fail-open: the limit then holds per worker, not across them).
+windows behind the Redis seam's circuit breaker (fail-open: the limit then holds per worker, not
+across them).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -22,19 +23,16 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from gateway import metrics, trail
 from gateway.background import BackgroundTasks
-from gateway.breaker import BreakerSettings, BreakerState, CircuitBreaker
-from gateway.store.redis import REDIS_ERRORS
+from gateway.breaker import BreakerState, CircuitBreaker
+from gateway.redisconn import REDIS_BREAKER, RedisConn, RedisUnavailable
 
 log = logging.getLogger("gateway.ratelimit")
 
 BUCKETS = 60
 CLOSE_SECONDS = 2.0
 MAX_BACKGROUND = 10_000
-FALLBACK_BREAKER = BreakerSettings(failures=3, recovery=5.0, probes=1)
 
 # KEYS[1]: the window's hash (bucket -> units).  ARGV: bucket width ms, buckets, limit, cost.
 # Returns {allowed, used (after), ms until the oldest units leave (or enough for ``cost``), bucket}.
@@ -202,42 +200,44 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis: aioredis.Redis | None,
+        redis: RedisConn | None,
         *,
-        prefix: str = "llmgw",
         timeout: float = 1.0,
         lease_seconds: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis = redis
-        self._prefix = prefix
-        self._timeout = timeout
+        self._prefix = "llmgw" if redis is None else redis.prefix
         self._lease_ms = int(lease_seconds * 1000)
         self.local = LocalWindows(clock)
         self._background = BackgroundTasks(MAX_BACKGROUND)
-        self.breaker = CircuitBreaker(FALLBACK_BREAKER, on_change=self._breaker_changed)
+        self._redis = None if redis is None else redis.client
+        self._guard = None
+        self.breaker: CircuitBreaker | None = None
         if redis is not None:
-            self._take = redis.register_script(_TAKE)
-            self._adjust = redis.register_script(_ADJUST)
-            self._acquire = redis.register_script(_ACQUIRE)
+            self._guard = redis.guard(
+                "limiter", timeout=timeout, breaker=REDIS_BREAKER,
+                on_failure=self._failed, on_change=self._breaker_changed,
+            )  # fmt: skip
+            self.breaker = self._guard.breaker
+            self._take = redis.client.register_script(_TAKE)
+            self._adjust = redis.client.register_script(_ADJUST)
+            self._acquire = redis.client.register_script(_ACQUIRE)
 
     def _key(self, scope: str, subject: str) -> str:
         return f"{self._prefix}:{{rl:{subject}}}:{scope}"
 
     async def take(self, window: Window, cost: int) -> Verdict:
         """Book ``cost`` units in ``window`` if they fit."""
-        if self._redis is not None and self.breaker.allow():
+        if self._guard is not None and self._guard.allow():
             width = window.width_ms
             key = self._key(window.scope, window.subject)
             try:
-                async with asyncio.timeout(self._timeout):
-                    allowed, used, reset_ms, bucket = await self._take(
-                        keys=[key], args=[width, BUCKETS, window.limit, cost]
-                    )
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
+                allowed, used, reset_ms, bucket = await self._guard.call(
+                    self._take(keys=[key], args=[width, BUCKETS, window.limit, cost])
+                )
+            except RedisUnavailable:
+                pass  # counted and warned about by the guard; limited here instead
             else:
-                self.breaker.success()
                 return Verdict(
                     window, bool(allowed), int(used), int(reset_ms) / 1000, int(bucket), True
                 )
@@ -247,44 +247,42 @@ class RateLimiter:
         """Correct units booked by ``verdict`` (settling an estimate, refunding a rejection)."""
         if not delta:
             return
-        if not verdict.shared or self._redis is None:
+        if not verdict.shared or self._guard is None:
             self.local.adjust(verdict.window, verdict.bucket, delta)
             return
         window = verdict.window
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._adjust(
+        with contextlib.suppress(RedisUnavailable):  # counted and warned about by the guard
+            await self._guard.call(
+                self._adjust(
                     keys=[self._key(window.scope, window.subject)],
                     args=[window.width_ms, BUCKETS, verdict.bucket, delta],
                 )
-        except REDIS_ERRORS as exc:
-            self._failed(exc)
+            )
 
     async def acquire(self, scope: str, subject: str, limit: int) -> Slot | None:
         """A concurrency slot, or None when ``limit`` are held."""
-        if self._redis is not None and self.breaker.allow():
+        if self._guard is not None and self._guard.allow():
             lease = secrets.token_hex(8)
             try:
-                async with asyncio.timeout(self._timeout):
-                    got = await self._acquire(
+                got = await self._guard.call(
+                    self._acquire(
                         keys=[self._key(scope, subject)], args=[limit, self._lease_ms, lease]
                     )
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
+                )
+            except RedisUnavailable:
+                pass  # counted and warned about by the guard; a local slot instead
             else:
-                self.breaker.success()
                 return Slot(scope, subject, lease) if got else None
         return Slot(scope, subject, None) if self.local.acquire(scope, subject, limit) else None
 
     async def release(self, slot: Slot) -> None:
-        if slot.lease is None or self._redis is None:
+        if slot.lease is None or self._guard is None or self._redis is None:
             self.local.release(slot.scope, slot.subject)
             return
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._redis.zrem(self._key(slot.scope, slot.subject), slot.lease)
-        except REDIS_ERRORS as exc:
-            self._failed(exc)  # the lease expires on its own
+        with contextlib.suppress(RedisUnavailable):  # the lease expires on its own
+            await self._guard.call(
+                self._redis.zrem(self._key(slot.scope, slot.subject), slot.lease)
+            )
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run settling and releasing after the answer went out, bounded; close() waits for it."""
@@ -296,7 +294,6 @@ class RateLimiter:
         await self._background.wait(CLOSE_SECONDS)
 
     def _failed(self, exc: BaseException) -> None:
-        self.breaker.failure()
         metrics.RATE_LIMIT_FALLBACKS.inc()
         trail.warn(
             "limiter_fallback",

@@ -4,8 +4,9 @@ client of the stream's key can replay from an id and then follow live.
 The log lives in the producing worker's memory (a bounded deque); with Redis it is mirrored into a
 Redis Stream (``P:{s:<id>}:ev``, entry ids ``<seq>-0``, trimmed to ``max_events``) with a meta hash
 (``P:{s:<id>}:meta``: owner, done, cancel, seen), both expiring ``retention`` seconds after the end,
-so another worker or instance can serve a resume. A stream nobody reads keeps running for ``grace``
-seconds waiting for a resumer, then its upstream is cancelled.
+so another worker or instance can serve a resume. Every mirror call goes through the Redis seam's
+guard, bounded by the store's timeout. A stream nobody reads keeps running for ``grace`` seconds
+waiting for a resumer, then its upstream is cancelled.
 """
 
 from __future__ import annotations
@@ -20,20 +21,17 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from gateway import metrics
 from gateway.background import mark_retrieved
 from gateway.config import StreamSettings
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.redisconn import RedisConn, RedisUnavailable
 from gateway.source import EventSource
-from gateway.store.redis import REDIS_ERRORS
 from gateway.stream import OpenedUpstream, StreamOutcome, Termination
 
 log = logging.getLogger("gateway.resumable")
 
 WATCH_SECONDS = 1.0  # how often an unread stream checks its grace period and a remote cancel
-REDIS_TIMEOUT = 0.5
 CANCELLED = (
     b'{"error":{"message":"The stream was cancelled.","type":"cancelled",'
     b'"param":null,"code":"stream_cancelled"}}'
@@ -98,9 +96,10 @@ class EventLog:
 class RedisLogs:
     """The Redis mirror of event logs, for resumes through other workers and instances."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, settings: StreamSettings) -> None:
-        self._redis = client
-        self._prefix = prefix
+    def __init__(self, redis: RedisConn, *, settings: StreamSettings) -> None:
+        self._redis = redis.client
+        self._prefix = redis.prefix
+        self._guard = redis.guard("streams")
         self._settings = settings
         # While a stream runs its keys live this long; when it ends, ``retention``.
         self._running_ttl = int(settings.grace + settings.retention + 86400)
@@ -114,8 +113,8 @@ class RedisLogs:
         return self._redis.pipeline(transaction=False)
 
     async def _do(self, call: Any) -> Any:
-        async with asyncio.timeout(REDIS_TIMEOUT):
-            return await call
+        """One guarded call; a failure raises RedisUnavailable."""
+        return await self._guard.call(call)
 
     async def create(self, stream_id: str, owner: str) -> None:
         _, meta = self._keys(stream_id)
@@ -159,10 +158,10 @@ class RedisLogs:
     ) -> tuple[list[tuple[int, bytes]], bool]:
         """Events after ``after`` (waiting up to ``block`` s for some), and whether it ended."""
         events, _ = self._keys(stream_id)
-        async with asyncio.timeout(block + REDIS_TIMEOUT):
-            answer: Any = await self._redis.xread(
-                {events: f"{after}-0"}, count=500, block=max(1, int(block * 1000))
-            )
+        answer: Any = await self._guard.call(
+            self._redis.xread({events: f"{after}-0"}, count=500, block=max(1, int(block * 1000))),
+            extra=block,
+        )
         found: list[tuple[int, bytes]] = []
         ended = False
         for _, entries in answer or []:
@@ -334,7 +333,7 @@ class ResumableStream:
         """Mirror to Redis; on failure stop mirroring (the stream goes on, resumable here only)."""
         try:
             await call
-        except REDIS_ERRORS as exc:
+        except RedisUnavailable as exc:
             self._mirror_failed(exc)
 
     def _mirror_failed(self, exc: BaseException) -> None:
@@ -355,7 +354,7 @@ class ResumableStream:
             if self.mirror is not None and self._mirror_ok:
                 try:
                     cancel, remote = await self.mirror.watch(self.log.stream_id)
-                except REDIS_ERRORS:
+                except RedisUnavailable:
                     cancel, remote = False, 0.0
                 if cancel:
                     self.cancel()

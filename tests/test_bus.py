@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 
 from gateway.background import cancel_and_wait
 from gateway.bus import GROUP, BusConsumer, BusPublisher, stream_key
-from gateway.config import StatsSettings
+from gateway.config import StatsSettings, StoreSettings
+from gateway.redisconn import RedisConn, connect_redis
 from gateway.spool import Spool, read_spool
 from tests.fakes import FakeStore
 from tests.redis_server import RedisServer, redis_prefix, redis_server, redis_url
@@ -38,10 +39,11 @@ async def test_a_dead_consumers_events_are_claimed_and_counted_once(
     another claims them after claim_after, and the store counts each event once."""
     stream = stream_key(redis_prefix)
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
-    publisher = BusPublisher(redis, stream=stream, settings=SETTINGS)
+    conn = connect_redis(StoreSettings(redis_url=redis_url, redis_prefix=redis_prefix))
+    publisher = BusPublisher(RedisConn(redis), stream=stream, settings=SETTINGS)
     store = FakeStore()
     store.down = True  # the first consumer reads but cannot commit
-    first = BusConsumer(redis_url, store, stream=stream, settings=SETTINGS, name="first")
+    first = BusConsumer(conn, store, stream=stream, settings=SETTINGS, name="first")
     first.start()
     publisher.start()
     for n in range(30):
@@ -60,7 +62,7 @@ async def test_a_dead_consumers_events_are_claimed_and_counted_once(
     await cancel_and_wait(first._task)  # dies between read and ack: nothing acknowledged
     store.down = False
     store.fail_after_apply = 1  # the second consumer's first commit lands but is not acked
-    second = BusConsumer(redis_url, store, stream=stream, settings=SETTINGS, name="second")
+    second = BusConsumer(conn, store, stream=stream, settings=SETTINGS, name="second")
     second.start()
     await until(lambda: second.committed == 30)
     assert second.claimed >= 30 and store.requests() == 30 and store.calls >= 2
@@ -69,6 +71,7 @@ async def test_a_dead_consumers_events_are_claimed_and_counted_once(
     await second.stop(time.monotonic() + 1)
     await publisher.stop(time.monotonic() + 1)
     await first.stop(time.monotonic() + 1)
+    await conn.aclose()
     await redis.aclose()
 
 
@@ -83,7 +86,9 @@ async def test_publisher_waits_out_a_redis_outage(
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=0.5)
     spool = Spool(tmp_path, fsync_interval=0.05)
     spool.open()
-    publisher = BusPublisher(redis, stream=stream, settings=SETTINGS, spool=spool, timeout=0.5)
+    publisher = BusPublisher(
+        RedisConn(redis, timeout=0.5), stream=stream, settings=SETTINGS, spool=spool
+    )
     publisher.start()
     redis_server.stop()
     for n in range(20):

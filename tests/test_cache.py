@@ -251,11 +251,12 @@ async def test_unreachable_redis_cache_is_a_rate_limited_warning(
     import redis.asyncio as aioredis
 
     from gateway import trail
+    from gateway.redisconn import RedisConn
     from tests.conftest import free_port
 
     monkeypatch.setattr(trail, "LIMITER", trail.WarningLimiter(burst=2))
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
-    backend = RedisBackend(client, prefix="t", timeout=0.25)
+    backend = RedisBackend(RedisConn(client, prefix="t"), timeout=0.25)
     with caplog.at_level(logging.WARNING):
         assert [await backend.get(f"k{i}") for i in range(4)] == [None] * 4
     await client.aclose()

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from gateway.cache.backends import RedisBackend
 from gateway.cache.entry import CacheEntry
+from gateway.redisconn import RedisConn
 from tests.redis_server import redis_prefix, redis_server, redis_url
 
 __all__ = ["redis_prefix", "redis_server", "redis_url"]
@@ -30,7 +31,7 @@ async def test_entries_beyond_the_budget_are_evicted(
     client: aioredis.Redis, redis_prefix: str
 ) -> None:
     """Past max_entries the entries closest to expiry go, so the cache's Redis use is bounded."""
-    backend = RedisBackend(client, prefix=redis_prefix, timeout=1.0, max_entries=3)
+    backend = RedisBackend(RedisConn(client, prefix=redis_prefix), timeout=1.0, max_entries=3)
     for index in range(6):
         assert await backend.set(f"k{index}", entry(10), ttl=100 + index)
     names = [k.decode() async for k in client.scan_iter(match=f"{{{redis_prefix}:cache}}:e:*")]
@@ -43,7 +44,7 @@ async def test_bytes_beyond_the_budget_are_evicted(
     client: aioredis.Redis, redis_prefix: str
 ) -> None:
     """Past max_bytes entries go too, and the byte total stays true to what is stored."""
-    backend = RedisBackend(client, prefix=redis_prefix, timeout=1.0, max_bytes=2000)
+    backend = RedisBackend(RedisConn(client, prefix=redis_prefix), timeout=1.0, max_bytes=2000)
     for index in range(10):
         assert await backend.set(f"k{index}", entry(400), ttl=100 + index)
     total = int(await client.get(f"{{{redis_prefix}:cache}}:bytes"))

@@ -9,7 +9,8 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.ratelimit import FALLBACK_BREAKER, LocalWindows, RateLimiter, Window
+from gateway.ratelimit import LocalWindows, RateLimiter, Window
+from gateway.redisconn import REDIS_BREAKER, RedisConn
 from tests.conftest import free_port
 from tests.redis_server import RedisServer, redis_prefix, redis_server, redis_url
 
@@ -85,7 +86,7 @@ async def test_redis_window_is_exact_under_concurrency(redis_url: str, redis_pre
 
 
 async def _exact_window(clients: list[aioredis.Redis], redis_prefix: str) -> None:
-    limiters = [RateLimiter(c, prefix=redis_prefix, timeout=30.0) for c in clients]
+    limiters = [RateLimiter(RedisConn(c, prefix=redis_prefix), timeout=30.0) for c in clients]
     client = clients[0]
     window = Window("key_rpm", "key:x", 20, 60.0)
     verdicts = await asyncio.gather(*(limiters[n % 4].take(window, 1) for n in range(200)))
@@ -107,7 +108,7 @@ async def _exact_window(clients: list[aioredis.Redis], redis_prefix: str) -> Non
 
 async def test_redis_concurrency_slots(redis_url: str, redis_prefix: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
-    limiter = RateLimiter(client, prefix=redis_prefix)
+    limiter = RateLimiter(RedisConn(client, prefix=redis_prefix))
     slots = await asyncio.gather(*(limiter.acquire("c", "key:x", 3) for _ in range(10)))
     held = [s for s in slots if s is not None]
     assert len(held) == 3 and all(s.lease for s in held)
@@ -118,7 +119,7 @@ async def test_redis_concurrency_slots(redis_url: str, redis_prefix: str) -> Non
 
 async def test_unreachable_redis_falls_back_to_local_limits_without_waiting() -> None:
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
-    limiter = RateLimiter(client, timeout=0.25)
+    limiter = RateLimiter(RedisConn(client), timeout=0.25)
     window = Window("key_rpm", "key:x", 3, 60.0)
     started = time.monotonic()
     verdicts = [await limiter.take(window, 1) for _ in range(5)]
@@ -136,7 +137,7 @@ async def test_redis_stopped_then_back(
     if redis_server is None:
         pytest.fail("this test needs the suite's own redis-server (unset REDIS_URL)")
     client = aioredis.Redis.from_url(redis_url, socket_timeout=0.2, socket_connect_timeout=0.2)
-    limiter = RateLimiter(client, prefix=redis_prefix, timeout=0.25)
+    limiter = RateLimiter(RedisConn(client, prefix=redis_prefix), timeout=0.25)
     window = Window("key_rpm", "key:z", 100, 60.0)
     assert (await limiter.take(window, 1)).shared
     redis_server.stop()
@@ -160,10 +161,10 @@ async def test_redis_failures_are_warned_about_rate_limited(
 
     monkeypatch.setattr(trail, "LIMITER", trail.WarningLimiter(burst=2))
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
-    limiter = RateLimiter(client, timeout=0.25)
+    limiter = RateLimiter(RedisConn(client), timeout=0.25)
     window = Window("key_rpm", "key:w", 100, 60.0)
     with caplog.at_level(logging.WARNING):
-        for _ in range(FALLBACK_BREAKER.failures + 3):
+        for _ in range(REDIS_BREAKER.failures + 3):
             await limiter.take(window, 1)
     await client.aclose()
     fallbacks = [r for r in caplog.records if r.__dict__.get("event") == "limiter_fallback"]

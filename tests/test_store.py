@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway.budget import parse_budget
+from gateway.config import StoreSettings
 from gateway.keys import new_key
+from gateway.redisconn import connect_redis
 from gateway.store import StatsEvent, Store, StoreUnavailable
 from gateway.store.postgres import MIGRATIONS, PostgresStore, migrate
 from gateway.store.redis import RedisStore
@@ -25,13 +27,21 @@ __all__ = ["postgres_server", "postgres_url", "redis_prefix", "redis_server", "r
 DAY_TS = 1795305600.0  # 2026-11-22 00:00 UTC
 
 
+def redis_store(url: str, prefix: str, *, timeout: float) -> RedisStore:
+    """A Redis store on a connection of its own, as the CLI opens one."""
+    return RedisStore(
+        connect_redis(StoreSettings(redis_url=url, redis_prefix=prefix, timeout=timeout))
+    )
+
+
 @pytest.fixture(params=["sqlite", "redis", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
         opened: Store = SQLiteStore(tmp_path / "store.sqlite3")
     elif request.param == "redis":
         url = request.getfixturevalue("redis_url")
-        opened = RedisStore(url, prefix=request.getfixturevalue("redis_prefix"), timeout=1.0)
+        prefix = request.getfixturevalue("redis_prefix")
+        opened = redis_store(url, prefix, timeout=1.0)
     else:
         opened = PostgresStore(request.getfixturevalue("postgres_url"), timeout=2.0)
     await opened.open()
@@ -164,7 +174,7 @@ async def test_redis_outage_fails_fast_then_recovers(
     """With Redis stopped every call raises StoreUnavailable quickly; after a restart it works."""
     if redis_server is None:
         pytest.fail("this test needs the suite's own redis-server (unset REDIS_URL)")
-    store = RedisStore(redis_url, prefix=redis_prefix, timeout=0.5)
+    store = redis_store(redis_url, redis_prefix, timeout=0.5)
     await store.open()
     redis_server.stop()
     for call in (store.count_keys(), store.record_events([event()]),

@@ -1,30 +1,25 @@
 """Where cache entries live: this worker's memory (aiocache, bounded, LRU) or Redis.
 
-The Redis backend shares the store's connection pool and sits behind a circuit breaker: when Redis
-does not answer within ``redis_timeout`` a lookup is a miss and a store is skipped, so no request
-waits on a dead Redis.
+The Redis backend shares the worker's Redis connection and sits behind the seam's circuit breaker:
+when Redis does not answer within ``redis_timeout`` a lookup is a miss and a store is skipped, so
+no request waits on a dead Redis.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import time
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import NullSerializer
 
 from gateway import metrics, trail
-from gateway.breaker import BreakerSettings, CircuitBreaker
 from gateway.cache.entry import CacheEntry
-from gateway.store.redis import REDIS_ERRORS
+from gateway.redisconn import REDIS_BREAKER, RedisConn, RedisUnavailable
 
 log = logging.getLogger("gateway.cache")
-
-REDIS_BREAKER = BreakerSettings(failures=3, recovery=5.0, probes=1)
 
 
 class CacheBackend(Protocol):
@@ -128,40 +123,38 @@ class RedisBackend:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        redis: RedisConn,
         *,
-        prefix: str,
         timeout: float,
         max_entries: int = 10_000,
         max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
-        self._redis = client
-        self._root = "{" + prefix + ":cache}"
+        self._redis = redis.client
+        self._root = "{" + redis.prefix + ":cache}"
         self._keys = [f"{self._root}:{name}" for name in ("index", "sizes", "bytes")]
-        self._timeout = timeout
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._store = client.register_script(_STORE_SCRIPT)
-        self.breaker = CircuitBreaker(REDIS_BREAKER)
+        self._store = redis.client.register_script(_STORE_SCRIPT)
+        self._guard = redis.guard(
+            "cache", timeout=timeout, breaker=REDIS_BREAKER, on_failure=self._failed
+        )
+        self.breaker = self._guard.breaker
 
     def entry_key(self, key: str) -> str:
         """The Redis key of one entry."""
         return f"{self._root}:e:{key}"
 
     async def get(self, key: str) -> CacheEntry | None:
-        if not self.breaker.allow():
+        if not self._guard.allow():
             return None
         try:
-            async with asyncio.timeout(self._timeout):
-                raw = await self._redis.get(self.entry_key(key))
-        except REDIS_ERRORS as exc:
-            self._failed(exc)
-            return None
-        self.breaker.success()
+            raw = await self._guard.call(self._redis.get(self.entry_key(key)))
+        except RedisUnavailable:
+            return None  # counted and warned about by the guard: a miss
         return None if raw is None else CacheEntry.loads(raw)
 
     async def set(self, key: str, entry: CacheEntry, ttl: float) -> bool:
-        if not self.breaker.allow():
+        if not self._guard.allow():
             return False
         try:
             value = entry.dumps()
@@ -170,23 +163,21 @@ class RedisBackend:
         if len(value) > self._max_bytes:
             return False
         ttl_ms = max(1, int(ttl * 1000))
+        now_ms = int(time.time() * 1000)
         try:
-            async with asyncio.timeout(self._timeout):
-                now_ms = int(time.time() * 1000)
-                evicted = await self._store(
+            evicted = await self._guard.call(
+                self._store(
                     keys=[self.entry_key(key), *self._keys],
                     args=[value, now_ms, ttl_ms, self._max_entries, self._max_bytes],
                 )
-        except REDIS_ERRORS as exc:
-            self._failed(exc)
-            return False
-        self.breaker.success()
+            )
+        except RedisUnavailable:
+            return False  # counted and warned about by the guard: not stored
         if evicted:
             metrics.CACHE_EVICTIONS.inc(int(evicted))
         return True
 
     def _failed(self, exc: BaseException) -> None:
-        self.breaker.failure()
         metrics.CACHE_ERRORS.inc()
         trail.warn(
             "cache_fallback",
@@ -196,4 +187,4 @@ class RedisBackend:
         )
 
     async def close(self) -> None:
-        return None  # the pool belongs to the store
+        return None  # the connection belongs to the app

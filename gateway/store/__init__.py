@@ -1,6 +1,10 @@
 """Where keys and usage live: a SQLite file (the default), PostgreSQL (the store of record for
 several instances) or Redis."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from gateway.config import StoreSettings
 from gateway.store.base import (
     KeyCounters,
@@ -11,6 +15,9 @@ from gateway.store.base import (
     UsageDelta,
     UsageRow,
 )
+
+if TYPE_CHECKING:
+    from gateway.redisconn import RedisConn
 
 __all__ = [
     "KeyCounters",
@@ -24,18 +31,20 @@ __all__ = [
 ]
 
 
-def make_store(settings: StoreSettings) -> Store:
-    """PostgreSQL when its URL is configured, else Redis when its URL is, else the SQLite file."""
+def make_store(settings: StoreSettings, redis: RedisConn | None = None) -> Store:
+    """PostgreSQL when its URL is configured, else Redis when its URL is, else the SQLite file.
+
+    ``redis``: the worker's Redis connection, shared with the store; without it a Redis store
+    connects on its own (the CLI)."""
     if settings.url:
         from gateway.store.postgres import PostgresStore
 
         return PostgresStore(settings.url, timeout=settings.timeout, pool_size=settings.pool_size)
     if settings.redis_url:
+        from gateway.redisconn import connect_redis
         from gateway.store.redis import RedisStore
 
-        return RedisStore(
-            settings.redis_url, prefix=settings.redis_prefix, timeout=settings.timeout
-        )
+        return RedisStore(redis or connect_redis(settings))
     from gateway.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings.path)

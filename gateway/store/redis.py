@@ -13,21 +13,20 @@ slot and the store works on Redis Cluster):
 Each stats event is applied by one Lua script that checks and records its id and adds its
 counters atomically, so a retried or redelivered event never counts twice, even after a partial
 failure. (Redis keeps rollups, not one record per request: PostgreSQL is the store of record.)
-Every call is bounded by ``timeout``; any failure is StoreUnavailable, never a hang.
+Every call goes through the Redis seam's guard (the store's timeout); any failure is
+StoreUnavailable, never a hang.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from gateway.budget import budgets_from_text, budgets_text
+from gateway.redisconn import RedisConn, RedisUnavailable
 from gateway.store.base import (
     KEY_COUNTERS,
     USAGE_COUNTERS,
@@ -40,9 +39,6 @@ from gateway.store.base import (
 )
 
 EVENT_MEMORY_SECONDS = 7 * 86400
-# What a Redis call can fail with: the client's errors, the socket's, and our own time bound.
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-MAX_CONNECTIONS = 32  # per worker, shared by the store, the key cache and the rate limiter
 
 # KEYS: events, counters, daily.  ARGV: event_id, now, horizon, last_used, then triples
 # (day|model|counter field, counter name, amount).
@@ -69,37 +65,17 @@ return 1
 """
 
 
-def connect_redis(url: str, *, timeout: float) -> aioredis.Redis:
-    """The worker's Redis pool (store, key cache, rate limiter, cache, streams, usage bus)."""
-    # Bounded: a burst of requests waits for one of the pooled connections (within the
-    # timeout) instead of opening a connection each.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=MAX_CONNECTIONS,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry_on_timeout=False,
-        decode_responses=True,
-        health_check_interval=30,
-    )
-    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-
-
 class RedisStore:
-    """Keys and usage in Redis."""
+    """Keys and usage in Redis, under the connection's prefix. Closing the store closes the
+    connection (the app closes it too, after the store: the second close does nothing)."""
 
-    def __init__(self, url: str, *, prefix: str = "llmgw", timeout: float = 2.0) -> None:
-        self._prefix = prefix
-        self._timeout = timeout
-        self._redis = connect_redis(url, timeout=timeout)
+    def __init__(self, redis: RedisConn) -> None:
+        self._conn = redis
+        self._prefix = redis.prefix
+        self._redis = redis.client
+        self._guard = redis.guard("store")
         self._apply = self._redis.register_script(_APPLY)
         self._take = self._redis.register_script(_TAKE)
-
-    @property
-    def client(self) -> aioredis.Redis:
-        """The connection pool, shared with the rate limiter."""
-        return self._redis
 
     def _key(self, key_id: str, part: str) -> str:
         return f"{self._prefix}:{{k:{key_id}}}:{part}"
@@ -109,18 +85,17 @@ class RedisStore:
         return f"{self._prefix}:{{idx}}:keys"
 
     async def _do(self, call: Any) -> Any:
-        """Await one Redis call within the timeout, translating every failure."""
+        """Await one Redis call through the guard, translating every failure."""
         try:
-            async with asyncio.timeout(self._timeout + 0.5):
-                return await call
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(f"Redis store: {type(exc).__name__}: {exc}") from exc
+            return await self._guard.call(call)
+        except RedisUnavailable as exc:
+            raise StoreUnavailable(f"{exc}") from exc
 
     async def open(self) -> None:
         await self._do(self._redis.ping())
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._conn.aclose()
 
     # -- keys -------------------------------------------------------------------------------------
 

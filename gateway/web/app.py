@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway import metrics, redact
@@ -23,13 +22,13 @@ from gateway.errors import ConfigError
 from gateway.load import LoadMonitor
 from gateway.prices import PriceTable
 from gateway.ratelimit import RateLimiter
+from gateway.redisconn import RedisConn, connect_redis
 from gateway.relay import LiveStreams
 from gateway.resumable import RedisLogs, ResumableStreams
 from gateway.router import Router
 from gateway.spool import Spool
 from gateway.stats import StatsSidecar, UsageSink
 from gateway.store import Store, StoreUnavailable, describe, make_store
-from gateway.store.redis import RedisStore, connect_redis
 from gateway.stream import Termination
 from gateway.upstream import UpstreamPool, Upstreams
 from gateway.web import budgets, handlers, streams
@@ -66,7 +65,7 @@ STATIC = Path(__file__).parent / "static"
 
 # How long the final stats flush may keep retrying an unreachable store at shutdown.
 FINAL_FLUSH_SECONDS = 10.0
-REDIS = web.AppKey("redis", aioredis.Redis)  # only with Redis configured
+REDIS = web.AppKey("redis", RedisConn)  # only with Redis configured
 SPOOL = web.AppKey("usage_spool", Spool)
 BUS_CONSUMER = web.AppKey("usage_bus_consumer", BusConsumer)
 
@@ -102,30 +101,25 @@ def make_app(
     app[WORKER_STATE] = WorkerState()
     app[LOAD] = LoadMonitor(max_lag=config.server.shed_lag, max_queue=config.server.shed_queue)
     app[POOL] = upstreams or UpstreamPool(config)
-    app[STORE] = store or make_store(config.store)
-    # The router sends through a wrapper that counts each attempt and, with tracing on, traces it.
-    app[ROUTER] = Router(config, ObservedUpstreams(app[POOL], tracing), app[POOL].in_flight)
-    store_now = app[STORE]
-    redis = _redis_client(config, store_now)
+    # One Redis connection for the worker (store, limits, cache, streams, usage bus).
+    redis = connect_redis(config.store) if config.store.redis_url else None
     if redis is not None:
         app[REDIS] = redis
+    app[STORE] = store or make_store(config.store, redis)
+    # The router sends through a wrapper that counts each attempt and, with tracing on, traces it.
+    app[ROUTER] = Router(config, ObservedUpstreams(app[POOL], tracing), app[POOL].in_flight)
     _usage_delivery(app, config, redis)
     budgets.install(app, config, redis)
     app[AUTHENTICATOR] = Authenticator(app[STORE], config.auth, config.store)
     app[LIMITER] = RateLimiter(
-        redis,
-        prefix=config.store.redis_prefix,
-        timeout=config.limits.redis_timeout,
-        lease_seconds=config.limits.stream_lease,
+        redis, timeout=config.limits.redis_timeout, lease_seconds=config.limits.stream_lease
     )
     # Started in this order, stopped in reverse: stats are flushed before the store closes.
     app[CACHE] = ResponseCache(config.cache, _cache_backend(config, redis))
     app[MODEL_CATALOG] = ModelCatalog(config)
     app[STREAMS] = ResumableStreams(
         config.streams,
-        RedisLogs(redis, prefix=config.store.redis_prefix, settings=config.streams)
-        if redis is not None
-        else None,
+        RedisLogs(redis, settings=config.streams) if redis is not None else None,
     )
     app[streams.RESUMABLE_QUOTA] = streams.ResumableQuota(config.streams.max_per_key)
     app.cleanup_ctx.extend(
@@ -190,17 +184,7 @@ def _telemetry(tracing: Tracing) -> Callable[[web.Application], AsyncIterator[No
     return run
 
 
-def _redis_client(config: Config, store: Store) -> aioredis.Redis | None:
-    """The Redis pool for limits, cache, streams and the usage bus: the Redis store's own, or
-    one of its own beside a PostgreSQL (or SQLite) store."""
-    if isinstance(store, RedisStore):
-        return store.client
-    if config.store.redis_url:
-        return connect_redis(config.store.redis_url, timeout=config.store.timeout)
-    return None
-
-
-def _usage_delivery(app: web.Application, config: Config, redis: aioredis.Redis | None) -> None:
+def _usage_delivery(app: web.Application, config: Config, redis: RedisConn | None) -> None:
     """The spool, and the sink its events go to: the usage bus with Redis, else the store."""
     settings = config.stats
     spool = Spool(
@@ -210,16 +194,11 @@ def _usage_delivery(app: web.Application, config: Config, redis: aioredis.Redis 
     app[SPOOL] = spool
     app[LIVE_REQUESTS] = LiveRequests(spool)
     sink: UsageSink
-    if redis is not None and settings.bus and config.store.redis_url:
-        stream = stream_key(config.store.redis_prefix)
-        sink = BusPublisher(
-            redis, stream=stream, settings=settings, spool=spool, timeout=config.store.timeout
-        )
+    if redis is not None and settings.bus:
+        stream = stream_key(redis.prefix)
+        sink = BusPublisher(redis, stream=stream, settings=settings, spool=spool)
         if settings.consume:
-            app[BUS_CONSUMER] = BusConsumer(
-                config.store.redis_url, app[STORE], stream=stream, settings=settings,
-                timeout=config.store.timeout,
-            )  # fmt: skip
+            app[BUS_CONSUMER] = BusConsumer(redis, app[STORE], stream=stream, settings=settings)
     else:
         sink = StatsSidecar(app[STORE], settings, spool=spool)
     app[SIDECAR] = sink
@@ -237,8 +216,8 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await app[AUTHENTICATOR].close()
     await store.close()
     redis = app.get(REDIS)
-    if redis is not None and not isinstance(store, RedisStore):
-        await redis.aclose()
+    if redis is not None:
+        await redis.aclose()  # after the store, which may share it (closing twice is a no-op)
 
 
 async def _usage(app: web.Application) -> AsyncIterator[None]:
@@ -267,13 +246,12 @@ async def _limiter(app: web.Application) -> AsyncIterator[None]:
     await app[LIMITER].close()  # settle what finished requests booked, before the store closes
 
 
-def _cache_backend(config: Config, redis: aioredis.Redis | None) -> CacheBackend:
+def _cache_backend(config: Config, redis: RedisConn | None) -> CacheBackend:
     settings = config.cache
     # backend: redis without Redis is refused by load_config, naming the file.
     if settings.backend != "memory" and redis is not None:
         return RedisBackend(
             redis,
-            prefix=config.store.redis_prefix,
             timeout=settings.redis_timeout,
             max_entries=settings.max_entries,
             max_bytes=settings.max_bytes,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.background import BackgroundTasks
@@ -18,6 +17,7 @@ from gateway.budget import Ledger, LocalLedger, RedisLedger
 from gateway.config import Config, ModelRoute
 from gateway.guard import MAX_SETTLING, BudgetGuard, KeySpend
 from gateway.openai import ParsedRequest, Usage, estimate_prompt_tokens, usage_in_body
+from gateway.redisconn import RedisConn
 from gateway.source import EventSource
 from gateway.spend import request_cost
 from gateway.web import access
@@ -30,10 +30,10 @@ SETTLING = web.AppKey("budget_settling", BackgroundTasks)
 SETTLE_SECONDS = 5.0  # at shutdown, settlements under way get this long
 
 
-def install(app: web.Application, config: Config, redis: aioredis.Redis | None) -> None:
+def install(app: web.Application, config: Config, redis: RedisConn | None) -> None:
     """The ledger: Redis when configured, else this worker's memory."""
     app[LEDGER] = (
-        RedisLedger(redis, prefix=config.store.redis_prefix) if redis is not None else LocalLedger()
+        RedisLedger(redis.client, prefix=redis.prefix) if redis is not None else LocalLedger()
     )
     app[SETTLING] = BackgroundTasks(MAX_SETTLING)
 

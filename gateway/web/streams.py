@@ -26,10 +26,10 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.openai import ParsedRequest
+from gateway.redisconn import RedisUnavailable
 from gateway.relay import SSE_HEADERS
 from gateway.resumable import EventLog, RedisLogs, ResumableStream, ResumableStreams
 from gateway.sse import encode_comment, encode_event
-from gateway.store.redis import REDIS_ERRORS
 from gateway.stream import OpenedUpstream, StreamOutcome
 from gateway.web.accounting import RECORD
 from gateway.web.auth import API_KEY
@@ -225,14 +225,14 @@ async def _serve_remote(
     async def read(seq: int, wait: float) -> tuple[list[tuple[int, bytes]], bool]:
         try:
             return await mirror.read(stream_id, seq, min(wait, TOUCH_SECONDS))
-        except REDIS_ERRORS as exc:
+        except RedisUnavailable as exc:
             raise ServiceUnavailable(
                 "The stream's buffer in Redis is unreachable; try again shortly.",
                 code="stream_buffer_unavailable",
             ) from exc
 
     async def touch() -> None:
-        with contextlib.suppress(*REDIS_ERRORS):
+        with contextlib.suppress(RedisUnavailable):
             await mirror.touch(stream_id)
 
     return await _serve(request, stream_id, after, read, touch)
