@@ -387,8 +387,8 @@ def mock_upstream(
     (fail_status, fail_before_first_byte, die_after, stall_after, error_after, ...);
     POST /_mock/behaviour changes the defaults at run time, globally or per upstream API key.
     """
-    from gateway.mock import MockBehaviour
-    from gateway.mockserver import run_mock
+    from gateway.mock.behaviour import MockBehaviour
+    from gateway.mock.server import run_mock
 
     behaviour = MockBehaviour(
         chunks=chunks,

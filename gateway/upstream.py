@@ -22,8 +22,8 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.httpclient import ConnectionPool, Endpoint, Exchange
+from gateway.mock.inprocess import InProcessProvider
 from gateway.propagation import trace_headers
-from gateway.providers.inprocess import InProcessProvider
 from gateway.stream import BodyConsumer, UpstreamResponse
 
 ERROR_BODY_BYTES = 64 * 1024

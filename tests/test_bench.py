@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks import hedging, report, run
 from benchmarks.processes import cpu_seconds, start_mock, start_relay, tree
-from gateway import mock
+from gateway.mock.answer import expected_text
 from tests.conftest import ROOT
 from tests.functional.client import chat_body, read_stream
 
@@ -97,9 +97,9 @@ async def test_the_minimal_relay_passes_streams_and_json_through(tmp_path: Path)
         upstream.stop()
     assert streamed.status == 200 and streamed.done
     assert streamed.headers["Content-Type"] == "text/event-stream"
-    assert streamed.text() == mock.expected_text(body)
+    assert streamed.text() == expected_text(body)
     message = orjson.loads(answer.raw)["choices"][0]["message"]["content"]
-    assert answer.status == 200 and message == mock.expected_text(body)
+    assert answer.status == 200 and message == expected_text(body)
 
 
 @pytest.mark.slow

@@ -11,14 +11,15 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway import mock
-from gateway.mockserver import start_mock_server
+from gateway.mock.answer import expected_text
+from gateway.mock.behaviour import DEFAULT_BEHAVIOUR, MOCK_MODELS, MockBehaviour, first_byte_delay
+from gateway.mock.server import start_mock_server
 from tests.functional.client import chat_body, read_stream
 
 
 @pytest.fixture
 async def mock_url() -> AsyncIterator[str]:
-    runner, port = await start_mock_server("127.0.0.1", 0, mock.MockBehaviour(chunks=8))
+    runner, port = await start_mock_server("127.0.0.1", 0, MockBehaviour(chunks=8))
     yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
 
@@ -36,8 +37,8 @@ async def test_stream_shape_and_usage(mock_url: str) -> None:
     assert plain.done and len(events) == 8 + 2
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
-    defaults = mock.MockBehaviour(chunks=8)
-    assert plain.text() == mock.expected_text(body, defaults)
+    defaults = MockBehaviour(chunks=8)
+    assert plain.text() == expected_text(body, defaults)
     with_usage = await read_stream(
         mock_url + "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}}
     )
@@ -121,7 +122,7 @@ async def test_embeddings_models_and_stats(mock_url: str) -> None:
     assert len(data) == 2 and len(data[0]["embedding"]) == 4
     assert abs(sum(v * v for v in data[0]["embedding"]) - 1) < 1e-9
     models = await get_json(mock_url + "/v1/models")
-    assert {m["id"] for m in models["data"]} == set(mock.MOCK_MODELS)
+    assert {m["id"] for m in models["data"]} == set(MOCK_MODELS)
     stats = await get_json(mock_url + "/_mock/stats")
     assert stats["requests"] == 1 and stats["completed"] == 1 and stats["in_flight"] == 0
 
@@ -201,14 +202,14 @@ def test_mock_overrides_default_to_loopback_only() -> None:
 
 def test_slow_first_events_are_an_exact_share_spread_evenly() -> None:
     """slow_first_ratio picks the same requests every run: every 1/ratio-th, exactly that share."""
-    behaviour = mock.MockBehaviour(slow_first_ratio=0.1, slow_first_delay=2.0)
-    delays = [mock.first_byte_delay(behaviour, n) for n in range(1, 1001)]
+    behaviour = MockBehaviour(slow_first_ratio=0.1, slow_first_delay=2.0)
+    delays = [first_byte_delay(behaviour, n) for n in range(1, 1001)]
     assert [n for n, d in enumerate(delays, 1) if d][:3] == [10, 20, 30]
     assert delays.count(2.0) == 100 and delays.count(0.0) == 900
     quarter = behaviour.merged({"slow_first_ratio": "0.25", "first_byte_delay": 0.1})
-    slow = [n for n in range(1, 10) if mock.first_byte_delay(quarter, n) == 2.0]
-    assert slow == [4, 8] and mock.first_byte_delay(quarter, 5) == 0.1
-    assert mock.first_byte_delay(mock.DEFAULT_BEHAVIOUR, 10) == 0.0
+    slow = [n for n in range(1, 10) if first_byte_delay(quarter, n) == 2.0]
+    assert slow == [4, 8] and first_byte_delay(quarter, 5) == 0.1
+    assert first_byte_delay(DEFAULT_BEHAVIOUR, 10) == 0.0
     with pytest.raises(ValueError, match="slow_first_ratio"):
         behaviour.merged({"slow_first_ratio": 1.5})
 
@@ -216,7 +217,7 @@ def test_slow_first_events_are_an_exact_share_spread_evenly() -> None:
 async def test_the_server_delays_its_slow_share_of_requests() -> None:
     """Started with a slow share, the mock makes every 2nd request wait; X-Mock-* headers set it."""
     runner, port = await start_mock_server(
-        "127.0.0.1", 0, mock.MockBehaviour(slow_first_ratio=0.5, slow_first_delay=0.4)
+        "127.0.0.1", 0, MockBehaviour(slow_first_ratio=0.5, slow_first_delay=0.4)
     )
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     took: list[float] = []

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway import mock
+from gateway.mock.answer import expected_text
 from gateway.sse import SSEParser
 from tests.conftest import MASTER_KEY, Proc, create_key, write_config
 from tests.functional.client import StreamRead, chat_body, read_stream
@@ -126,7 +126,7 @@ async def test_client_that_leaves_early_is_not_cached_and_does_not_poison(
     await asyncio.sleep(0.5)
     again = await read_stream(url, request)
     assert again.headers["X-Gateway-Cache"] == "miss" and again.done
-    assert again.text() == mock.expected_text(request)
+    assert again.text() == expected_text(request)
 
 
 async def test_stream_answers_json_and_json_answers_stream(gateway_on_mock: Proc) -> None:
@@ -220,7 +220,7 @@ async def test_coalescing_fifty_identical_streams_make_one_upstream_call(
     assert len(await upstream_records_of(gateway_on_mock)) == 1
     assert all(r.status == 200 and r.done for r in results)
     assert all(r.data == results[0].data for r in results)  # identical events for everyone
-    assert results[0].text() == mock.expected_text(request)
+    assert results[0].text() == expected_text(request)
     joined = sum(r.headers.get("X-Gateway-Coalesced") == "true" for r in results)
     assert joined == 49
     text = await scrape(gateway_on_mock.url)
@@ -237,7 +237,7 @@ async def test_coalescing_survives_the_leader_leaving(gateway_on_mock: Proc) -> 
         await asyncio.sleep(0.2)
         leader.close()  # the first client disconnects mid-stream
         result = await follower
-    assert result.done and result.text() == mock.expected_text(request)
+    assert result.done and result.text() == expected_text(request)
     assert result.headers["X-Gateway-Coalesced"] == "true"
     records = await upstream_records_of(gateway_on_mock)
     assert [r["outcome"] for r in records] == ["completed"]  # the upstream kept going

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway import mock
+from gateway.mock.answer import expected_text
 from tests.conftest import Proc, gateway_command, write_config
 from tests.functional.client import chat_body, read_stream
 
@@ -23,7 +23,7 @@ async def test_upstream_flag_passes_every_model_through(start_gateway, mock_upst
     )
     body = chat_body("whatever-model-name")
     result = await read_stream(proc.url + "/v1/chat/completions", body)
-    assert result.done and result.text() == mock.expected_text(body)
+    assert result.done and result.text() == expected_text(body)
     async with (
         aiohttp.ClientSession() as session,
         session.get(mock_upstream.url + "/_mock/requests") as response,

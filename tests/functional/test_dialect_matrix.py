@@ -17,7 +17,8 @@ import anthropic
 import openai
 import pytest
 
-from gateway import mock, mockanswer
+from gateway.mock.answer import expected_text, plan
+from gateway.mock.behaviour import DEFAULT_BEHAVIOUR
 from tests.conftest import Proc, free_port, gateway_command, start_process
 from tests.translator import ROOTS, translator
 
@@ -30,7 +31,7 @@ SCHEMA = {
 }
 CANONICAL = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}]}
 PROMPT_TOKENS = len(QUESTION.split())
-COMPLETION_TOKENS = mock.DEFAULT_BEHAVIOUR.chunks
+COMPLETION_TOKENS = DEFAULT_BEHAVIOUR.chunks
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Result:
 def expected_call() -> tuple[str, Any]:
     """The tool call the mock makes for the question."""
     chat_tool = {"type": "function", "function": {"name": "get_weather", "parameters": SCHEMA}}
-    choice = mockanswer.plan({**CANONICAL, "tools": [chat_tool]}, COMPLETION_TOKENS, 1)[0]
+    choice = plan({**CANONICAL, "tools": [chat_tool]}, COMPLETION_TOKENS, 1)[0]
     assert choice.tool is not None
     return choice.tool.name, json.loads(choice.tool.arguments)
 
@@ -225,7 +226,7 @@ async def test_text_arrives_whole(
 ) -> None:
     """The mock's exact text and usage reach every client through every upstream type."""
     result = await ask(gateway, client, upstream, stream, False)
-    assert result.text == mock.expected_text(CANONICAL)
+    assert result.text == expected_text(CANONICAL)
     assert result.call is None
     assert (result.prompt_tokens, result.completion_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
 

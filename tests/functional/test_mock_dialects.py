@@ -21,13 +21,15 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from gateway import mock, mockanswer
+from gateway.mock.answer import expected_text, plan
+from gateway.mock.behaviour import DEFAULT_BEHAVIOUR
+from gateway.mock.openai import embeddings
 from tests.conftest import Proc
 
 QUESTION = "name three rivers"
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 CANONICAL = {"model": "mock-gpt", "messages": [{"role": "user", "content": QUESTION}]}
-CHUNKS = mock.DEFAULT_BEHAVIOUR.chunks
+CHUNKS = DEFAULT_BEHAVIOUR.chunks
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ def planned_call(tools_schema: dict[str, Any], model: str = "mock-gpt") -> Any:
     """The arguments the mock's tool call carries for QUESTION."""
     tool = {"type": "function", "function": {"name": "f", "parameters": tools_schema}}
     body = {**CANONICAL, "model": model, "tools": [tool]}
-    choice = mockanswer.plan(body, CHUNKS, 1)[0]
+    choice = plan(body, CHUNKS, 1)[0]
     assert choice.tool is not None
     return json.loads(choice.tool.arguments)
 
@@ -80,12 +82,12 @@ async def test_anthropic_create_and_stream(claude: anthropic.AsyncAnthropic) -> 
     messages: Any = [{"role": "user", "content": QUESTION}]
     answer = await claude.messages.create(model="mock-gpt", max_tokens=100, messages=messages)
     assert answer.content[0].type == "text"
-    assert answer.content[0].text == mock.expected_text(CANONICAL)
+    assert answer.content[0].text == expected_text(CANONICAL)
     assert (answer.usage.input_tokens, answer.usage.output_tokens) == (3, CHUNKS)
     async with claude.messages.stream(model="mock-gpt", max_tokens=100, messages=messages) as s:
         pieces = [text async for text in s.text_stream]
         final = await s.get_final_message()
-    assert len(pieces) == CHUNKS and "".join(pieces) == mock.expected_text(CANONICAL)
+    assert len(pieces) == CHUNKS and "".join(pieces) == expected_text(CANONICAL)
     assert final.stop_reason == "end_turn" and final.usage.output_tokens == CHUNKS
 
 
@@ -141,7 +143,7 @@ async def test_anthropic_errors(claude: anthropic.AsyncAnthropic) -> None:
 
 async def test_gemini_generate_and_stream(gemini: genai.Client, shared_mock: Proc) -> None:
     """generate_content and its stream get the mock's text and usage metadata."""
-    expected = mock.expected_text({**CANONICAL, "model": "gemini-mock"})
+    expected = expected_text({**CANONICAL, "model": "gemini-mock"})
     answer = await gemini.aio.models.generate_content(model="gemini-mock", contents=QUESTION)
     assert answer.text == expected
     assert answer.usage_metadata is not None
@@ -237,7 +239,7 @@ async def test_azure_embeddings_base64_and_missing_version(
 ) -> None:
     """The SDK's default base64 embeddings decode to the float ones; no api-version is a 404."""
     answer = await azure.embeddings.create(model="my-deployment", input="abc")
-    expected = mock.embeddings({"input": "abc"})["data"][0]["embedding"]
+    expected = embeddings({"input": "abc"})["data"][0]["embedding"]
     assert answer.data[0].embedding == pytest.approx(expected, abs=1e-6)
     assert (await last_request(shared_mock))["body"]["encoding_format"] == "base64"
     async with (

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import openai
 
-from gateway import mock
+from gateway.mock.behaviour import MOCK_MODELS
 from tests.conftest import MASTER_KEY, Proc, create_key, free_port, wait_for_log
 
 
@@ -35,13 +35,13 @@ async def listed(url: str, key: str | None = None, *, want: int = 1) -> list[str
 async def test_upstream_models_are_listed_and_found(start_gateway, mock_upstream: Proc) -> None:  # type: ignore[no-untyped-def]
     """--upstream lists the upstream's own models; /v1/models/{id} agrees, the SDK too."""
     proc: Proc = start_gateway("--upstream", mock_upstream.url + "/v1")
-    assert await listed(proc.url, want=3) == list(mock.MOCK_MODELS)
+    assert await listed(proc.url, want=3) == list(MOCK_MODELS)
     status, entry = await get(proc.url + "/v1/models/mock-gpt-mini")
     assert status == 200 and entry["id"] == "mock-gpt-mini" and entry["owned_by"] == "mock"
     status, error = await get(proc.url + "/v1/models/not-there")
     assert status == 404 and error["error"]["code"] == "model_not_found"
     async with openai.AsyncOpenAI(base_url=proc.url + "/v1", api_key="unused") as client:
-        assert [m.id async for m in client.models.list()] == list(mock.MOCK_MODELS)
+        assert [m.id async for m in client.models.list()] == list(MOCK_MODELS)
 
 
 async def test_gateway_starts_when_the_upstream_list_fails(start_gateway) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +72,7 @@ async def test_a_limited_key_sees_only_its_models(
     _, limited = create_key(env, "--config", str(passthrough), "--models", "mock-gpt")
     _, unlimited = create_key(env)
     proc: Proc = start_gateway("--upstream", mock_upstream.url + "/v1", env=env)
-    assert await listed(proc.url, unlimited, want=3) == list(mock.MOCK_MODELS)
+    assert await listed(proc.url, unlimited, want=3) == list(MOCK_MODELS)
     assert await listed(proc.url, limited) == ["mock-gpt"]
     status, _ = await get(proc.url + "/v1/models/mock-embed", limited)
     assert status == 404

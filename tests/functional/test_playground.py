@@ -11,8 +11,10 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from gateway import mock
-from gateway.providers.inprocess import DEMO_BEHAVIOUR
+from gateway.mock.answer import expected_text
+from gateway.mock.behaviour import MockBehaviour
+from gateway.mock.inprocess import DEMO_BEHAVIOUR
+from gateway.mock.openai import _usage
 from tests.conftest import ROOT, Proc, free_port, gateway_command, start_process, write_config
 
 ARTIFACTS = ROOT / "var" / "artifacts"
@@ -68,7 +70,7 @@ async def test_dropped_connection_resumes_with_no_gap_and_no_repeat(
     await page.screenshot(path=str(ARTIFACTS / "playground-resumed.png"), full_page=True)
 
     body = {"model": "mock-gpt", "messages": [{"role": "user", "content": prompt}]}
-    expected = mock.expected_text(body, mock.MockBehaviour(chunks=60, delay=0.05))
+    expected = expected_text(body, MockBehaviour(chunks=60, delay=0.05))
     assert await page.text_content("#answer") == expected  # the whole answer, exactly once
     assert await page.text_content("#resumes") == "1"
     assert await page.text_content("#status") == "Done."
@@ -91,13 +93,13 @@ async def test_demo_model_out_of_the_box_with_a_cache_hit_badge(
     await ask(page, "demo", prompt)
     await finished(page)
     body = {"model": "demo", "messages": [{"role": "user", "content": prompt}]}
-    assert await page.text_content("#answer") == mock.expected_text(body, DEMO_BEHAVIOUR)
+    assert await page.text_content("#answer") == expected_text(body, DEMO_BEHAVIOUR)
     assert await page.text_content("#cache") == "miss"
     await page.click("#new-chat")  # a new conversation: the same request as the first
     await ask(page, "demo", prompt)  # the same question again: answered from the cache
     await finished(page)
     assert await page.text_content("#cache") == "cache hit"
-    assert await page.text_content("#answer") == mock.expected_text(body, DEMO_BEHAVIOUR)
+    assert await page.text_content("#answer") == expected_text(body, DEMO_BEHAVIOUR)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "playground-demo.png"), full_page=True)
 
@@ -186,10 +188,10 @@ async def test_two_turn_conversation_with_settings_and_usage_figures(
         {"role": "user", "content": "Second\nquestion"},
     ]
     assert second["body"]["temperature"] == 0.3 and second["body"]["max_tokens"] == 200
-    assert await page.text_content("#answer") == mock.expected_text(
-        second["body"], mock.MockBehaviour(chunks=60, delay=0.05)
+    assert await page.text_content("#answer") == expected_text(
+        second["body"], MockBehaviour(chunks=60, delay=0.05)
     )
-    usage = mock._usage(second["body"], second["completion_tokens_sent"])
+    usage = _usage(second["body"], second["completion_tokens_sent"])
     assert await page.text_content("#tokens") == (
         f"{usage['prompt_tokens']} / {usage['completion_tokens']}"
     )
@@ -274,7 +276,7 @@ async def test_stop_ends_the_answer_and_the_upstream_request(
     assert await page.text_content("#status") == "Stopped."
     partial = await page.text_content("#answer") or ""
     body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "A long story, please."}]}
-    full = mock.expected_text(body, mock.MockBehaviour(chunks=60, delay=0.05))
+    full = expected_text(body, MockBehaviour(chunks=60, delay=0.05))
     assert partial and full.startswith(partial) and len(partial) < len(full)
     assert await page.is_enabled("#send") and not await page.is_enabled("#stop")
     for _ in range(50):

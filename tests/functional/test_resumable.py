@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import mock
+from gateway.mock.answer import expected_text
 from gateway.sse import SSEEvent, SSEParser
 from tests.conftest import MASTER_KEY, Proc, create_key, write_config
 from tests.functional.client import chat_body
@@ -78,7 +78,7 @@ async def test_cut_after_k_events_and_resume_gets_exactly_the_rest(gateway_on_mo
     ids = [int(e.id or 0) for e in first + rest]
     assert ids == list(range(1, len(ids) + 1))  # no gap, no duplicate
     assert rest[-1].data == b"[DONE]"
-    assert text_of(first + rest) == mock.expected_text(body)
+    assert text_of(first + rest) == expected_text(body)
     assert [int(e.id or 0) for e in tail] == list(range(41, len(ids) + 1))
     records = await upstream_records(gateway_on_mock)
     assert [r["outcome"] for r in records] == ["completed"]  # one upstream request, finished
@@ -120,7 +120,7 @@ async def test_resume_across_two_workers_on_redis(
     ids = [int(e.id or 0) for e in head + rest]
     assert ids == list(range(1, len(ids) + 1))
     assert rest[-1].data == b"[DONE]"
-    assert text_of(head + rest) == mock.expected_text(body)
+    assert text_of(head + rest) == expected_text(body)
     client = aioredis.Redis.from_url(redis_url)
     keys = [k async for k in client.scan_iter(f"{redis_prefix}:{{s:{stream_id}}}:*")]
     ttls = [await client.ttl(k) for k in keys]
@@ -255,5 +255,5 @@ async def test_sigterm_lets_a_resumable_stream_finish(
         gateway.signal(signal.SIGTERM)
         events = await asyncio.wait_for(reading, 10)
     assert events[-1].data == b"[DONE]"
-    assert text_of(events) == mock.expected_text(body)
+    assert text_of(events) == expected_text(body)
     assert gateway.stop() == 0

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway import mock
+from gateway.mock.answer import expected_text
 from tests.conftest import Proc, free_port, gateway_command, start_process
 from tests.functional.client import chat_body, read_stream
 
@@ -155,7 +155,7 @@ async def test_failure_before_first_byte_is_retried_transparently(
     gateway = start_gateway("--config", str(routing_config(tmp_path, a, b)))
     await set_behaviour(a, {"defaults": {"fail_before_first_byte": True}})
     body = chat_body("mock-gpt", mock={"chunks": 40})
-    expected = mock.expected_text(body)
+    expected = expected_text(body)
     for _ in range(8):
         result = await read_stream(gateway.url + "/v1/chat/completions", body)
         assert result.status == 200

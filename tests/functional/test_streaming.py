@@ -6,7 +6,7 @@ import aiohttp
 import openai
 import pytest
 
-from gateway import mock
+from gateway.mock.answer import expected_text
 from tests.conftest import Proc
 from tests.functional.client import chat_body, read_stream
 
@@ -31,7 +31,7 @@ async def test_relay_is_faithful_to_the_upstream(gateway_on_mock: Proc) -> None:
         _strip_created(e) for e in direct.json_events()
     ]
     assert relayed.done
-    assert relayed.text() == mock.expected_text(body)
+    assert relayed.text() == expected_text(body)
     assert b"\r" not in relayed.raw
     assert all(line.startswith((b"data: ", b":")) for line in relayed.raw.split(b"\n") if line)
 
@@ -57,7 +57,7 @@ async def test_openai_sdk_async_stream_and_json(gateway_on_mock: Proc) -> None:
         stream=True,  # type: ignore[arg-type]
     )
     pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
-    expected = mock.expected_text({"model": "mock-gpt", "messages": messages})
+    expected = expected_text({"model": "mock-gpt", "messages": messages})
     assert "".join(pieces) == expected
     completion = await client.chat.completions.create(model="mock-gpt", messages=messages)  # type: ignore[arg-type]
     assert completion.choices[0].message.content == expected
@@ -71,7 +71,7 @@ def test_openai_sdk_sync_clients(gateway_on_mock: Proc) -> None:
     messages = [{"role": "user", "content": "hi"}]
     stream = client.chat.completions.create(model="mock-gpt", messages=messages, stream=True)  # type: ignore[arg-type]
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    assert text == mock.expected_text({"model": "mock-gpt", "messages": messages})
+    assert text == expected_text({"model": "mock-gpt", "messages": messages})
     completion = client.completions.create(model="mock-gpt", prompt="once upon")
     assert completion.choices[0].text
     streamed = client.completions.create(model="mock-gpt", prompt="once upon", stream=True)

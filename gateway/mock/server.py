@@ -1,121 +1,55 @@
-"""The mock upstream as an HTTP server (``llm-gateway mock-upstream``), recording what it saw.
-
-Tests read ``GET /_mock/stats`` and ``GET /_mock/requests`` to check what reached the upstream:
-how many requests, which completed, which the client abandoned (``disconnected``).
-``POST /_mock/behaviour`` changes how it answers from now on, for everyone (``"defaults"``) or for
-requests made with one upstream API key (``"keys": {"sk-...": {...}}``), so a test can take a
-deployment down and bring it back, or rate-limit one key of a pool.
-"""
+"""The mock upstream as an HTTP server (``llm-gateway mock-upstream``): the OpenAI, Azure,
+Anthropic and Gemini routes, each request recorded (see :mod:`gateway.mock.control`)."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import signal
-import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 import uvloop
 from aiohttp import web
 
-from gateway import mock, mockdialect
 from gateway.dialects import messages
 from gateway.dialects.base import load_object
 from gateway.errors import GatewayError
+from gateway.mock.answer import count_prompt_tokens
+from gateway.mock.behaviour import (
+    DEFAULT_BEHAVIOUR,
+    MOCK_MODELS,
+    MockBehaviour,
+    MockDisconnect,
+    behaviour_for,
+    first_byte_delay,
+)
+from gateway.mock.control import MOCK_STATE, RecordedRequest, add_control_routes
+from gateway.mock.dialect import (
+    ANTHROPIC,
+    GEMINI,
+    MockDialect,
+    anthropic_error,
+    gemini_error,
+    gemini_target,
+    raw_object,
+)
+from gateway.mock.openai import (
+    StreamProgress,
+    chat_completion,
+    chat_stream,
+    completion_stream,
+    embeddings,
+    error_body,
+    scheduled_events,
+    text_completion,
+)
 
-MAX_RECORDS = 10_000
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")  # upstream keys other than Bearer
 
 
-@dataclass
-class RecordedRequest:
-    """One request as the mock saw it."""
-
-    seq: int
-    path: str
-    model: str | None
-    stream: bool
-    body: dict[str, Any]
-    authorization: str | None
-    client_port: int | None = None  # the same port twice means a reused connection
-    traceparent: str | None = None  # W3C trace context, when the gateway traces
-    outcome: str = "in_flight"  # completed | disconnected | failed | stalled
-    events_sent: int = 0
-    completion_tokens_sent: int = 0
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
-
-
-class MockState:
-    """The mock's defaults and its bounded record of requests."""
-
-    def __init__(self, defaults: mock.MockBehaviour) -> None:
-        self.started_with = defaults
-        self.defaults = defaults
-        self.by_key: dict[str, mock.MockBehaviour] = {}
-        self.requests: collections.deque[RecordedRequest] = collections.deque(maxlen=MAX_RECORDS)
-        self.counts: collections.Counter[str] = collections.Counter()
-        self._seq = 0
-
-    def begin(self, request: web.Request, body: dict[str, Any]) -> RecordedRequest:
-        self._seq += 1
-        record = RecordedRequest(
-            seq=self._seq,
-            path=request.path,
-            model=body.get("model") if isinstance(body.get("model"), str) else None,
-            stream=bool(body.get("stream")),
-            body=body,
-            authorization=request.headers.get("Authorization"),
-            client_port=_client_port(request),
-            traceparent=request.headers.get("traceparent"),
-        )
-        self.requests.append(record)
-        self.counts["requests"] += 1
-        self.counts["in_flight"] += 1
-        return record
-
-    def end(self, record: RecordedRequest, outcome: str) -> None:
-        if record.ended is not None:
-            return
-        record.outcome = outcome
-        record.ended = time.time()
-        self.counts["in_flight"] -= 1
-        self.counts[outcome] += 1
-
-    def defaults_for(self, authorization: str | None) -> mock.MockBehaviour:
-        """The behaviour for requests made with this Authorization header."""
-        if self.by_key and authorization and authorization.startswith("Bearer "):
-            return self.by_key.get(authorization[7:], self.defaults)
-        return self.defaults
-
-    def stats(self) -> dict[str, int]:
-        keys = ("requests", "completed", "disconnected", "failed", "stalled", "in_flight")
-        return {key: self.counts[key] for key in keys}
-
-    def reset(self) -> None:
-        self.requests.clear()
-        in_flight = self.counts["in_flight"]
-        self.counts.clear()
-        self.counts["in_flight"] = in_flight
-
-
-MOCK_STATE = web.AppKey("mock_state", MockState)
-
-
-def _client_port(request: web.Request) -> int | None:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return int(peer[1]) if peer else None
-
-
 def _error(status: int, message: str, param: str | None = None) -> web.Response:
-    error_type = {429: "rate_limit_error"}.get(status, "invalid_request_error")
-    if status >= 500:
-        error_type = "server_error"
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": None}}
-    return web.json_response(body, status=status)
+    return web.json_response(error_body(status, message, param), status=status)
 
 
 async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
@@ -137,7 +71,7 @@ async def _completion(request: web.Request) -> web.StreamResponse:
         return body
     try:
         defaults = state.defaults_for(request.headers.get("Authorization"))
-        behaviour = mock.behaviour_for(defaults, body, request.headers)
+        behaviour = behaviour_for(defaults, body, request.headers)
     except ValueError as exc:
         return _error(400, str(exc), "mock")
     record = state.begin(request, body)
@@ -156,12 +90,12 @@ async def _completion(request: web.Request) -> web.StreamResponse:
 async def _answer(
     request: web.Request,
     body: dict[str, Any],
-    behaviour: mock.MockBehaviour,
+    behaviour: MockBehaviour,
     record: RecordedRequest,
 ) -> web.StreamResponse:
     state = request.app[MOCK_STATE]
     chat = request.path.endswith("/chat/completions")
-    if delay := mock.first_byte_delay(behaviour, record.seq):
+    if delay := first_byte_delay(behaviour, record.seq):
         await asyncio.sleep(delay)
     if behaviour.fail_before_first_byte:
         state.end(record, "failed")
@@ -175,16 +109,14 @@ async def _answer(
             failure.headers["Retry-After"] = f"{behaviour.retry_after:g}"
         return failure
     if not body.get("stream"):
-        answer = (
-            mock.chat_completion(body, behaviour) if chat else mock.text_completion(body, behaviour)
-        )
+        answer = chat_completion(body, behaviour) if chat else text_completion(body, behaviour)
         record.completion_tokens_sent = answer["usage"]["completion_tokens"]
         return web.json_response(answer, dumps=lambda v: orjson.dumps(v).decode())
-    scheduled = mock.scheduled_events(body, behaviour, chat=chat)
+    scheduled = scheduled_events(body, behaviour, chat=chat)
     if scheduled is not None:
         return await _write_on_schedule(request, scheduled, behaviour.delay, record)
-    progress = mock.StreamProgress()
-    stream = (mock.chat_stream if chat else mock.completion_stream)(body, behaviour, progress)
+    progress = StreamProgress()
+    stream = (chat_stream if chat else completion_stream)(body, behaviour, progress)
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     try:
@@ -194,7 +126,7 @@ async def _answer(
             await response.write(data)
             record.events_sent = progress.events
             record.completion_tokens_sent = progress.pieces
-    except mock.MockDisconnect:
+    except MockDisconnect:
         record.events_sent = progress.events
         record.completion_tokens_sent = progress.pieces
         state.end(record, "failed")
@@ -259,7 +191,7 @@ async def _embeddings(request: web.Request) -> web.Response:
         return _error(400, "Missing required parameter: 'input'.", "input")
     record = state.begin(request, body)
     state.end(record, "completed")
-    return web.json_response(mock.embeddings(body))
+    return web.json_response(embeddings(body))
 
 
 async def _azure(request: web.Request) -> web.StreamResponse:
@@ -271,7 +203,7 @@ async def _azure(request: web.Request) -> web.StreamResponse:
 
 async def _anthropic(request: web.Request) -> web.StreamResponse:
     """Anthropic Messages (``POST /v1/messages``), streamed or not."""
-    return await _in_dialect(request, mockdialect.ANTHROPIC, "", None)
+    return await _in_dialect(request, ANTHROPIC, "", None)
 
 
 async def _count_tokens(request: web.Request) -> web.Response:
@@ -279,32 +211,32 @@ async def _count_tokens(request: web.Request) -> web.Response:
     try:
         canonical = messages.to_canonical({"max_tokens": 1, **load_object(await request.read())})
     except GatewayError as exc:
-        error = mockdialect.anthropic_error(exc.http_status, exc.message)
+        error = anthropic_error(exc.http_status, exc.message)
         return web.json_response(error, status=exc.http_status)
-    return web.json_response({"input_tokens": mock.count_prompt_tokens(canonical)})
+    return web.json_response({"input_tokens": count_prompt_tokens(canonical)})
 
 
 async def _gemini(request: web.Request) -> web.StreamResponse:
     """Gemini ``{model}:generateContent`` and ``{model}:streamGenerateContent?alt=sse``."""
-    target = mockdialect.gemini_target(request.match_info["target"])
+    target = gemini_target(request.match_info["target"])
     if target is None:
-        body = mockdialect.gemini_error(404, "Unknown method.")
+        body = gemini_error(404, "Unknown method.")
         return web.json_response(body, status=404)
     model, stream = target
-    return await _in_dialect(request, mockdialect.GEMINI, model, stream)
+    return await _in_dialect(request, GEMINI, model, stream)
 
 
 async def _in_dialect(
-    request: web.Request, dialect: mockdialect.MockDialect, model: str, stream: bool | None
+    request: web.Request, dialect: MockDialect, model: str, stream: bool | None
 ) -> web.StreamResponse:
     state = request.app[MOCK_STATE]
     raw = await request.read()
-    native = mockdialect.raw_object(raw)
+    native = raw_object(raw)
     key = next((request.headers[h] for h in _KEY_HEADERS if h in request.headers), None)
     try:
         canonical = dialect.parse(raw, model, bool(stream))
         defaults = state.defaults_for(f"Bearer {key}" if key else None)
-        behaviour = mock.behaviour_for(defaults, native, request.headers)
+        behaviour = behaviour_for(defaults, native, request.headers)
     except (GatewayError, ValueError) as exc:
         status = exc.http_status if isinstance(exc, GatewayError) else 400
         return web.json_response(dialect.error_body(status, str(exc)), status=status)
@@ -322,13 +254,13 @@ async def _in_dialect(
 
 async def _answer_in_dialect(
     request: web.Request,
-    dialect: mockdialect.MockDialect,
+    dialect: MockDialect,
     canonical: dict[str, Any],
-    behaviour: mock.MockBehaviour,
+    behaviour: MockBehaviour,
     record: RecordedRequest,
 ) -> web.StreamResponse:
     state = request.app[MOCK_STATE]
-    if delay := mock.first_byte_delay(behaviour, record.seq):
+    if delay := first_byte_delay(behaviour, record.seq):
         await asyncio.sleep(delay)
     if behaviour.fail_status is not None:
         state.end(record, "failed")
@@ -340,7 +272,7 @@ async def _answer_in_dialect(
     if not record.stream:
         body, record.completion_tokens_sent = dialect.answer(canonical, behaviour)
         return web.Response(body=body, content_type="application/json")
-    progress = mock.StreamProgress()
+    progress = StreamProgress()
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     try:
@@ -348,7 +280,7 @@ async def _answer_in_dialect(
             await response.write(data)
             record.events_sent = progress.events
             record.completion_tokens_sent = progress.pieces
-    except mock.MockDisconnect:
+    except MockDisconnect:
         state.end(record, "failed")
         assert request.transport is not None
         request.transport.abort()
@@ -358,56 +290,14 @@ async def _answer_in_dialect(
 
 
 async def _models(request: web.Request) -> web.Response:
-    data = [
-        {"id": m, "object": "model", "created": 0, "owned_by": "mock"} for m in mock.MOCK_MODELS
-    ]
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "mock"} for m in MOCK_MODELS]
     return web.json_response({"object": "list", "data": data})
 
 
-async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def _requests(request: web.Request) -> web.Response:
-    records = [asdict(r) for r in request.app[MOCK_STATE].requests]
-    return web.json_response(records, dumps=lambda v: orjson.dumps(v).decode())
-
-
-async def _stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[MOCK_STATE].stats())
-
-
-async def _reset(request: web.Request) -> web.Response:
-    request.app[MOCK_STATE].reset()
-    return web.json_response({"status": "reset"})
-
-
-async def _behaviour(request: web.Request) -> web.Response:
-    """Set the behaviour from now on: overrides of the start-up defaults, and per upstream key.
-
-    Each call replaces the previous one; ``{}`` restores the start-up behaviour.
-    """
-    state = request.app[MOCK_STATE]
-    try:
-        body = orjson.loads(await request.read())
-        if not isinstance(body, dict):
-            raise ValueError("the body must be a JSON object")
-        defaults = state.started_with.merged(body.get("defaults") or {})
-        keys = body.get("keys") or {}
-        if not isinstance(keys, dict):
-            raise ValueError("'keys' must map upstream API keys to behaviours")
-        by_key = {str(key): defaults.merged(spec) for key, spec in keys.items()}
-    except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
-        return _error(400, f"bad behaviour: {exc}")
-    state.defaults = defaults
-    state.by_key = by_key
-    return web.json_response({"defaults": asdict(defaults), "keys": sorted(by_key)})
-
-
-def make_mock_app(defaults: mock.MockBehaviour = mock.DEFAULT_BEHAVIOUR) -> web.Application:
+def make_mock_app(defaults: MockBehaviour = DEFAULT_BEHAVIOUR) -> web.Application:
     """The mock upstream's application."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[MOCK_STATE] = MockState(defaults)
+    add_control_routes(app, defaults)
     app.router.add_post("/v1/chat/completions", _completion)
     app.router.add_post("/v1/completions", _completion)
     app.router.add_post("/v1/embeddings", _embeddings)
@@ -418,16 +308,11 @@ def make_mock_app(defaults: mock.MockBehaviour = mock.DEFAULT_BEHAVIOUR) -> web.
     app.router.add_post("/v1/models/{target}", _gemini)  # google-genai 3 defaults to v1
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", _azure)
     app.router.add_post("/openai/deployments/{deployment}/embeddings", _embeddings)
-    app.router.add_get("/health", _health)
-    app.router.add_get("/_mock/requests", _requests)
-    app.router.add_get("/_mock/stats", _stats)
-    app.router.add_post("/_mock/reset", _reset)
-    app.router.add_post("/_mock/behaviour", _behaviour)
     return app
 
 
 async def start_mock_server(
-    host: str, port: int, defaults: mock.MockBehaviour = mock.DEFAULT_BEHAVIOUR
+    host: str, port: int, defaults: MockBehaviour = DEFAULT_BEHAVIOUR
 ) -> tuple[web.AppRunner, int]:
     """Start the mock on (host, port); port 0 picks one. Returns the runner and the real port."""
     runner = web.AppRunner(
@@ -443,7 +328,7 @@ async def start_mock_server(
     return runner, int(actual)
 
 
-def run_mock(host: str, port: int, defaults: mock.MockBehaviour) -> None:
+def run_mock(host: str, port: int, defaults: MockBehaviour) -> None:
     """Run the mock until SIGTERM or SIGINT (the ``llm-gateway mock-upstream`` command)."""
 
     async def main() -> None:

@@ -16,10 +16,11 @@ from typing import Any
 
 import orjson
 
-from gateway import mock
 from gateway.dialects import messages
 from gateway.dialects.base import ClientEncoder, JSONObject, ProviderError, load_object
 from gateway.dialects.gemini_client import GeminiDialect
+from gateway.mock.behaviour import MockBehaviour
+from gateway.mock.openai import StreamProgress, chat_completion, translated_stream
 
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
@@ -68,8 +69,8 @@ class MockDialect:
     def stream(
         self,
         canonical: JSONObject,
-        behaviour: mock.MockBehaviour,
-        progress: mock.StreamProgress | None = None,
+        behaviour: MockBehaviour,
+        progress: StreamProgress | None = None,
     ) -> AsyncIterator[bytes]:
         """The answer's stream in this dialect, paced and failing as ``behaviour`` says."""
         encoder = self.encoder(str(canonical.get("model")))
@@ -77,11 +78,11 @@ class MockDialect:
         def translate(payload: bytes | None) -> bytes:
             return encoder.done() if payload is None else encoder.feed(payload)
 
-        return mock.translated_stream(canonical, behaviour, translate, self.error_event, progress)
+        return translated_stream(canonical, behaviour, translate, self.error_event, progress)
 
-    def answer(self, canonical: JSONObject, behaviour: mock.MockBehaviour) -> tuple[bytes, int]:
+    def answer(self, canonical: JSONObject, behaviour: MockBehaviour) -> tuple[bytes, int]:
         """A non-streaming answer in this dialect, and its completion tokens."""
-        completion = mock.chat_completion(canonical, behaviour)
+        completion = chat_completion(canonical, behaviour)
         body = self.completion(orjson.dumps(completion))
         return body, int(completion["usage"]["completion_tokens"])
 

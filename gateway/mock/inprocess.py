@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import orjson
 
-from gateway import mock, mockdialect
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -20,10 +19,19 @@ from gateway.errors import (
     UpstreamStatusError,
     UpstreamUnreachable,
 )
+from gateway.mock.behaviour import MockBehaviour, MockDisconnect, behaviour_for
+from gateway.mock.dialect import for_path
+from gateway.mock.openai import (
+    chat_completion,
+    chat_stream,
+    completion_stream,
+    embeddings,
+    text_completion,
+)
 from gateway.stream import BodyConsumer
 
 # Paced so that a newcomer's `curl -N` visibly streams.
-DEMO_BEHAVIOUR = mock.MockBehaviour(chunks=24, delay=0.03)
+DEMO_BEHAVIOUR = MockBehaviour(chunks=24, delay=0.03)
 
 
 class InProcessResponse:
@@ -68,7 +76,7 @@ class InProcessResponse:
                     await self._flowing.wait()
                 assert self._consumer is not None
                 self._consumer.body(chunk)
-        except mock.MockDisconnect:
+        except MockDisconnect:
             error = UpstreamProtocolError(
                 "The upstream closed the connection in the middle of the response."
             )
@@ -118,7 +126,7 @@ MAX_DIMENSIONS = 4096
 MAX_INPUTS = 2048
 
 
-def check_bounds(behaviour: mock.MockBehaviour, request: Mapping[str, object]) -> None:
+def check_bounds(behaviour: MockBehaviour, request: Mapping[str, object]) -> None:
     """Raise ValueError naming the first mock setting or embeddings field beyond its bound."""
     limits: list[tuple[str, float, float]] = [
         ("chunks", behaviour.chunks, MAX_CHUNKS),
@@ -149,7 +157,7 @@ class InProcessProvider:
     """
 
     def __init__(
-        self, defaults: mock.MockBehaviour = DEMO_BEHAVIOUR, *, allow_overrides: bool = True
+        self, defaults: MockBehaviour = DEMO_BEHAVIOUR, *, allow_overrides: bool = True
     ) -> None:
         self._defaults = defaults
         self._allow_overrides = allow_overrides
@@ -162,11 +170,11 @@ class InProcessProvider:
         release: Callable[[], None],
     ) -> InProcessResponse:
         """Open a response as the mock server would, raising what a failing upstream raises."""
-        dialect = mockdialect.for_path(path)
+        dialect = for_path(path)
         try:
             request = orjson.loads(body)
             if self._allow_overrides:
-                behaviour = mock.behaviour_for(self._defaults, request, headers)
+                behaviour = behaviour_for(self._defaults, request, headers)
             else:
                 behaviour = self._defaults
             check_bounds(behaviour, request)
@@ -214,17 +222,17 @@ class InProcessProvider:
         path = _azure_route(path)
         if path == "/chat/completions":
             if stream:
-                return InProcessResponse(release, chunks=mock.chat_stream(request, behaviour))
+                return InProcessResponse(release, chunks=chat_stream(request, behaviour))
             return InProcessResponse(
-                release, body=orjson.dumps(mock.chat_completion(request, behaviour))
+                release, body=orjson.dumps(chat_completion(request, behaviour))
             )
         if path == "/completions":
             if stream:
-                return InProcessResponse(release, chunks=mock.completion_stream(request, behaviour))
+                return InProcessResponse(release, chunks=completion_stream(request, behaviour))
             return InProcessResponse(
-                release, body=orjson.dumps(mock.text_completion(request, behaviour))
+                release, body=orjson.dumps(text_completion(request, behaviour))
             )
-        return InProcessResponse(release, body=orjson.dumps(mock.embeddings(request)))
+        return InProcessResponse(release, body=orjson.dumps(embeddings(request)))
 
 
 def _azure_route(path: str) -> str:

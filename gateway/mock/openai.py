@@ -1,10 +1,9 @@
-"""The built-in OpenAI-compatible mock upstream: for demos, tests and benchmarks.
+"""The mock speaking the OpenAI API: streamed and whole chat and legacy completions, embeddings.
 
-Content is deterministic (the same request gives the same answer), so tests can compare what a
-client received with :func:`expected_text`. Behaviour (size, pacing, failures) comes from
-:class:`MockBehaviour` defaults, overridden per request by a ``"mock"`` object in the body or by
-``X-Mock-*`` headers. The generators here serve both the HTTP server (``llm-gateway mock-upstream``)
-and the gateway's in-process ``demo`` model.
+The answer is :mod:`gateway.mock.answer`'s (deterministic), shaped by a
+:class:`~gateway.mock.behaviour.MockBehaviour` (pacing, failure injection). The generators here
+serve both the HTTP server (``llm-gateway mock-upstream``) and the gateway's in-process ``demo``
+model.
 
 It is built to be fast, because benchmarks measure the gateway against it: the constant JSON around
 each piece is encoded once per stream, and unpaced events are batched into ~16 KiB writes unless
@@ -21,155 +20,17 @@ import math
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from gateway import mockanswer
+from gateway.mock.answer import ToolCall, answer, answer_words, count_prompt_tokens
+from gateway.mock.behaviour import MockBehaviour, MockDisconnect
 
-MOCK_MODELS: tuple[str, ...] = ("mock-gpt", "mock-gpt-mini", "mock-embed")
 BATCH_BYTES = 16 * 1024
 DONE_EVENT = b"data: [DONE]\n\n"
-_HEADER_PREFIX = "x-mock-"
 _ids = itertools.count(1)
-
-
-class MockDisconnect(Exception):
-    """The behaviour asks for the connection to be cut here (``die_after``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class MockBehaviour:
-    """How the mock answers; every field can be overridden per request."""
-
-    chunks: int = 16
-    chunk_size: int = 1
-    delay: float = 0.0
-    first_byte_delay: float = 0.0
-    fail_status: int | None = None
-    fail_before_first_byte: bool = False
-    die_after: int | None = None
-    stall_after: int | None = None
-    error_after: int | None = None
-    retry_after: float | None = None
-    # Each event its own write and HTTP chunk, as OpenAI and vLLM flush them (benchmarks), and
-    # ``delay`` kept as a fixed schedule (event n at n * delay) so the mock's own lag never adds up.
-    unbatched: bool = False
-    cached_tokens: int = 0  # reported as prompt_tokens_details.cached_tokens (at most the prompt)
-    honour_max_tokens: bool = True  # False: answer past max_tokens, as a misbehaving upstream may
-    reply: str | None = None  # answer with this text (cut into ``chunks`` pieces), not random words
-    # A share of the server's requests whose first byte waits ``slow_first_delay`` instead of
-    # ``first_byte_delay`` (an upstream with a slow tail): see :func:`first_byte_delay`.
-    slow_first_ratio: float = 0.0
-    slow_first_delay: float = 0.0
-
-    def merged(self, overrides: Mapping[str, Any]) -> MockBehaviour:
-        """A copy with ``overrides`` applied; a ValueError names any bad key or value."""
-        types = {f.name: f.type for f in fields(self)}
-        values: dict[str, Any] = {}
-        for key, value in overrides.items():
-            if key not in types:
-                raise ValueError(f"unknown mock setting {key!r}")
-            values[key] = _coerce(key, value, str(types[key]))
-        return replace(self, **values)
-
-
-DEFAULT_BEHAVIOUR = MockBehaviour()
-
-
-def _coerce(key: str, value: Any, annotation: str) -> Any:
-    if value is None and "None" in annotation:
-        return None
-    try:
-        if annotation.startswith("str"):
-            if not isinstance(value, str):
-                raise TypeError
-            return value
-        if annotation.startswith("bool"):
-            if isinstance(value, str):
-                return value.strip().lower() in {"1", "true", "yes"}
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if annotation.startswith("int"):
-            number = int(value)
-            if number < 0 or isinstance(value, bool) or (key == "chunks" and number < 1):
-                raise ValueError
-            return number
-        seconds = float(value)
-        if seconds < 0 or not math.isfinite(seconds) or (key.endswith("ratio") and seconds > 1):
-            raise ValueError
-        return seconds
-    except (TypeError, ValueError):
-        raise ValueError(f"invalid value for mock setting {key!r}: {value!r}") from None
-
-
-def behaviour_for(
-    defaults: MockBehaviour, body: Mapping[str, Any], headers: Mapping[str, str]
-) -> MockBehaviour:
-    """The behaviour for one request: defaults, then X-Mock-* headers, then the body's "mock"."""
-    from_headers = {
-        name[len(_HEADER_PREFIX) :].replace("-", "_"): value
-        for name, value in ((k.lower(), v) for k, v in headers.items())
-        if name.startswith(_HEADER_PREFIX)
-    }
-    behaviour = defaults.merged(from_headers) if from_headers else defaults
-    in_body = body.get("mock")
-    if in_body is None:
-        return behaviour
-    if not isinstance(in_body, Mapping):
-        raise ValueError("the 'mock' field must be an object")
-    return behaviour.merged(in_body)
-
-
-def first_byte_delay(behaviour: MockBehaviour, index: int) -> float:
-    """Seconds before the first byte of the server's request number ``index`` (from 1).
-
-    Request n is slow when ``floor(n * slow_first_ratio)`` steps up at n: exactly that share of
-    requests, spread evenly, and the same requests on every run (benchmarks are reproducible).
-    """
-    ratio = behaviour.slow_first_ratio
-    if ratio and math.floor(index * ratio) > math.floor((index - 1) * ratio):
-        return behaviour.slow_first_delay
-    return behaviour.first_byte_delay
-
-
-# -- content ---------------------------------------------------------------------------------------
-
-
-def answer_words(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[str]:
-    """The answer's pieces, deterministic in (model, messages or prompt, seed)."""
-    if behaviour.reply is not None:
-        return _reply_pieces(behaviour)
-    return mockanswer.words(body, behaviour.chunks, behaviour.chunk_size)
-
-
-def _reply_pieces(behaviour: MockBehaviour) -> list[str]:
-    """The configured reply cut into ``chunks`` pieces."""
-    reply = behaviour.reply or ""
-    size = max(1, math.ceil(len(reply) / behaviour.chunks))
-    return [reply[i : i + size] for i in range(0, len(reply), size)]
-
-
-def answer(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[mockanswer.Choice]:
-    """Every choice the mock answers a chat request with (text, JSON or a tool call)."""
-    if behaviour.reply is not None:
-        return [mockanswer.Choice(pieces=_reply_pieces(behaviour), tool=None, finish="stop")]
-    return mockanswer.plan(
-        body, behaviour.chunks, behaviour.chunk_size, honour_limit=behaviour.honour_max_tokens
-    )
-
-
-def expected_text(body: Mapping[str, Any], defaults: MockBehaviour | None = None) -> str:
-    """The full text the mock answers ``body`` with (what a client should end up with)."""
-    behaviour = behaviour_for(defaults or DEFAULT_BEHAVIOUR, body, {})
-    if "messages" in body:
-        return answer(body, behaviour)[0].text
-    return "".join(answer_words(body, behaviour))
-
-
-count_prompt_tokens = mockanswer.count_prompt_tokens
 
 
 def _usage(
@@ -232,7 +93,7 @@ def _chat_events(body: Mapping[str, Any], behaviour: MockBehaviour) -> Iterator[
     yield b"data: [DONE]\n\n", 0
 
 
-def _tool_events(head: bytes, index: int, call: mockanswer.ToolCall) -> Iterator[tuple[bytes, int]]:
+def _tool_events(head: bytes, index: int, call: ToolCall) -> Iterator[tuple[bytes, int]]:
     """The chunks of one streamed tool call: id and name first, then the argument pieces."""
     function = {"name": call.name, "arguments": ""}
     deltas: list[dict[str, Any]] = [
@@ -271,6 +132,14 @@ def _completion_events(
     if _wants_usage(body):
         yield head + b'[],"usage":' + orjson.dumps(_usage(body, len(pieces))) + b"}\n\n", 0
     yield b"data: [DONE]\n\n", 0
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """An OpenAI error body for ``status``."""
+    error_type = {429: "rate_limit_error"}.get(status, "invalid_request_error")
+    if status >= 500:
+        error_type = "server_error"
+    return {"error": {"message": message, "type": error_type, "param": param, "code": None}}
 
 
 _ERROR_EVENT = (

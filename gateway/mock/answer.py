@@ -4,18 +4,21 @@ Deterministic in the request, like the rest of the mock: text pieces from a seed
 JSON document when ``response_format`` asks for one; one tool call (arguments built from the
 tool's JSON Schema) when tools are offered and the conversation does not end with a tool result;
 ``n`` choices; cut at ``max_tokens`` / ``max_completion_tokens`` (one piece is one token) with
-``finish_reason: length``.
+``finish_reason: length``. A configured ``reply`` replaces all of it with its own text.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from gateway.mock.behaviour import DEFAULT_BEHAVIOUR, MockBehaviour, behaviour_for
 
 VOCABULARY = (
     "the quick brown fox jumps over a lazy dog while streams of tokens flow through the gateway "
@@ -190,3 +193,34 @@ def count_prompt_tokens(body: Mapping[str, Any]) -> int:
                         if isinstance(p, Mapping) and isinstance(p.get("text"), str)
                     )
     return sum(len(text.split()) for text in texts)
+
+
+def answer_words(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[str]:
+    """The answer's pieces, deterministic in (model, messages or prompt, seed)."""
+    if behaviour.reply is not None:
+        return _reply_pieces(behaviour)
+    return words(body, behaviour.chunks, behaviour.chunk_size)
+
+
+def _reply_pieces(behaviour: MockBehaviour) -> list[str]:
+    """The configured reply cut into ``chunks`` pieces."""
+    reply = behaviour.reply or ""
+    size = max(1, math.ceil(len(reply) / behaviour.chunks))
+    return [reply[i : i + size] for i in range(0, len(reply), size)]
+
+
+def answer(body: Mapping[str, Any], behaviour: MockBehaviour) -> list[Choice]:
+    """Every choice the mock answers a chat request with (text, JSON or a tool call)."""
+    if behaviour.reply is not None:
+        return [Choice(pieces=_reply_pieces(behaviour), tool=None, finish="stop")]
+    return plan(
+        body, behaviour.chunks, behaviour.chunk_size, honour_limit=behaviour.honour_max_tokens
+    )
+
+
+def expected_text(body: Mapping[str, Any], defaults: MockBehaviour | None = None) -> str:
+    """The full text the mock answers ``body`` with (what a client should end up with)."""
+    behaviour = behaviour_for(defaults or DEFAULT_BEHAVIOUR, body, {})
+    if "messages" in body:
+        return answer(body, behaviour)[0].text
+    return "".join(answer_words(body, behaviour))

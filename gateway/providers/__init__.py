@@ -1,1 +1,0 @@
-"""Upstream providers that are not reached over HTTP."""
