@@ -22,8 +22,9 @@ import logging
 from collections.abc import Sequence
 
 from gateway.background import BackgroundTasks
-from gateway.budget import Budget, Grant, Ledger
+from gateway.budget import Budget
 from gateway.errors import BudgetExceeded
+from gateway.ledger import Grant, Ledger
 from gateway.openai import carries_content
 from gateway.source import EventSource
 

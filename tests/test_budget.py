@@ -8,7 +8,9 @@ import datetime as dt
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.budget import Budget, LocalLedger, RedisLedger, parse_budget, window
+from gateway.budget import Budget, parse_budget, window
+from gateway.ledger import LocalLedger, RedisLedger
+from gateway.redisconn import RedisConn
 from tests.redis_server import RedisServer, redis_prefix, redis_server, redis_url
 
 __all__ = ["RedisServer", "redis_prefix", "redis_server", "redis_url"]
@@ -61,7 +63,10 @@ async def test_redis_leases_are_exact_across_workers(redis_url: str, redis_prefi
     """20 concurrent streams on 4 'workers' drawing 50-token leases from a $1 budget at
     $0.0001 a token are granted exactly 10,000 tokens together, never more."""
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(4)]
-    ledgers = [RedisLedger(c, prefix=redis_prefix, clock=lambda: NOW) for c in clients]
+    ledgers = [
+        RedisLedger(RedisConn(c, prefix=redis_prefix), timeout=30.0, clock=lambda: NOW)
+        for c in clients
+    ]
     budgets = [Budget(1.0, "month", "usd")]
     granted: list[int] = []
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.budget import Budget, LocalLedger
+from gateway.budget import Budget
 from gateway.config import Deployment
 from gateway.errors import BudgetExceeded
 from gateway.guard import BudgetGuard, KeySpend
+from gateway.ledger import LocalLedger
 from gateway.source import EventSource
 from tests.test_cache import Chunks, Collected
 

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.background import BackgroundTasks
-from gateway.budget import Ledger, LocalLedger, RedisLedger
 from gateway.config import Config, ModelRoute
 from gateway.guard import MAX_SETTLING, BudgetGuard, KeySpend
+from gateway.ledger import Ledger, LocalLedger, RedisLedger
 from gateway.openai import ParsedRequest, Usage, estimate_prompt_tokens, usage_in_body
 from gateway.redisconn import RedisConn
 from gateway.source import EventSource
@@ -33,7 +33,9 @@ SETTLE_SECONDS = 5.0  # at shutdown, settlements under way get this long
 def install(app: web.Application, config: Config, redis: RedisConn | None) -> None:
     """The ledger: Redis when configured, else this worker's memory."""
     app[LEDGER] = (
-        RedisLedger(redis.client, prefix=redis.prefix) if redis is not None else LocalLedger()
+        RedisLedger(redis, timeout=config.limits.redis_timeout)
+        if redis is not None
+        else LocalLedger()
     )
     app[SETTLING] = BackgroundTasks(MAX_SETTLING)
 
