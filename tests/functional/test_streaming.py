@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import openai
 import pytest
@@ -108,6 +110,10 @@ async def test_upstream_connection_is_reused_after_a_stream(gateway_on_mock: Pro
         assert (
             await read_stream(gateway_on_mock.url + "/v1/chat/completions", chat_body("mock-gpt"))
         ).done
+        # [DONE] reaches the client as the upstream's last chunk is still arriving; only once the
+        # upstream response has ended is its connection back in the pool (a request sent in
+        # between rightly opens another one).
+        await asyncio.sleep(0.05)
     async with (
         aiohttp.ClientSession() as session,
         session.get(gateway_on_mock.extra["mock_url"] + "/_mock/requests") as response,
