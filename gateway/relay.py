@@ -25,9 +25,9 @@ from gateway import metrics, redact
 from gateway.config import ServerSettings
 from gateway.dialects.base import ClientEncoder
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamTimeout
-from gateway.source import KEEPALIVE_COMMENT, EventSource
+from gateway.source import KEEPALIVE_COMMENT, EventSource, OpenedUpstream
 from gateway.sse import DONE
-from gateway.stream import OpenedUpstream, StreamOutcome, Termination
+from gateway.stream import StreamOutcome, Termination
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",

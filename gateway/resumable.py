@@ -26,8 +26,8 @@ from gateway.background import mark_retrieved
 from gateway.config import StreamSettings
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.redisconn import RedisConn, RedisUnavailable
-from gateway.source import EventSource
-from gateway.stream import OpenedUpstream, StreamOutcome, Termination
+from gateway.source import EventSource, OpenedUpstream
+from gateway.stream import StreamOutcome, Termination
 
 log = logging.getLogger("gateway.resumable")
 

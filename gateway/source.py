@@ -517,3 +517,20 @@ def _frame(data: bytes, event: bytes | None, event_id: bytes | None) -> bytes:
     if event is None and event_id is None and b"\n" not in data:
         return b"data: " + data + b"\n\n"
     return encode_event(data, event=event, id=event_id)
+
+
+class OpenedUpstream(Protocol):
+    """What the router hands over: where the answer came from, and either a stream (its first
+    event already in) or a whole body."""
+
+    @property
+    def deployment(self) -> Deployment: ...
+
+    @property
+    def source(self) -> EventSource | None: ...
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def body(self) -> bytes: ...

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from gateway.config import Deployment
 from gateway.errors import GatewayError
 from gateway.openai import Usage
 
-if TYPE_CHECKING:
-    from gateway.source import EventSource
+
+class LiveCounts(Protocol):
+    """A running stream's counters (the event source's)."""
+
+    content_events: int
 
 
 class Termination(enum.Enum):
@@ -43,7 +45,7 @@ class StreamOutcome:
     error: GatewayError | None = None
     # The stream's event source while it runs: its counters are live (read by the spool every
     # 0.5 s, so a crashed worker's usage is known); they are copied here when the stream ends.
-    source: EventSource | None = None
+    source: LiveCounts | None = None
     hedges: int = 0  # extra upstream requests sent because the first event was late
     hedges_lost: int = 0  # raced requests that were cancelled (their prompts are still paid)
 
@@ -114,20 +116,3 @@ class Sink(Protocol):
         """The stream is over. ``None``: its last event ([DONE] or the upstream's own error
         event) was delivered. Otherwise the engine's failure, for the sink to report its way."""
         ...
-
-
-class OpenedUpstream(Protocol):
-    """What the router hands over: where the answer came from, and either a stream (its first
-    event already in) or a whole body."""
-
-    @property
-    def deployment(self) -> Deployment: ...
-
-    @property
-    def source(self) -> EventSource | None: ...
-
-    @property
-    def status(self) -> int: ...
-
-    @property
-    def body(self) -> bytes: ...

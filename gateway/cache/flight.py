@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from gateway.background import mark_retrieved
 from gateway.config import Deployment
 from gateway.errors import UpstreamError
-from gateway.source import EventSource
-from gateway.stream import BodyConsumer, OpenedUpstream
+from gateway.source import EventSource, OpenedUpstream
+from gateway.stream import BodyConsumer
 
 
 @dataclass(slots=True)

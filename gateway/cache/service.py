@@ -18,8 +18,7 @@ from gateway.cache.entry import (
 from gateway.cache.flight import Answer, Flight, Flights, RecordedResponse
 from gateway.cache.policy import CacheDecision
 from gateway.config import CacheSettings, Deployment
-from gateway.source import EventSource
-from gateway.stream import OpenedUpstream
+from gateway.source import EventSource, OpenedUpstream
 
 log = logging.getLogger("gateway.cache")
 

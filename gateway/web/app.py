@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gateway import metrics, redact
-from gateway.attempts import ObservedUpstreams
 from gateway.breaker import BreakerState
 from gateway.bus import BusConsumer, BusPublisher, stream_key
 from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
@@ -34,6 +33,7 @@ from gateway.upstream import UpstreamPool, Upstreams
 from gateway.web import budgets, handlers, streams
 from gateway.web.accounting import LIVE_REQUESTS, SIDECAR, LiveRequests, accounting_middleware
 from gateway.web.admin import add_admin_routes
+from gateway.web.attempts import ObservedUpstreams
 from gateway.web.auth import AUTHENTICATOR, Authenticator, auth_middleware
 from gateway.web.keys import (
     CACHE,

@@ -23,8 +23,9 @@ from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestT
 from gateway.keys import check_model
 from gateway.openai import Endpoint, ParsedRequest, parse_request, usage_in_body
 from gateway.relay import relay_stream
+from gateway.source import OpenedUpstream
 from gateway.store import StoreUnavailable
-from gateway.stream import OpenedUpstream, StreamOutcome
+from gateway.stream import StreamOutcome
 from gateway.web.accounting import RECORD, SIDECAR
 from gateway.web.auth import API_KEY, AUTHENTICATOR
 from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE

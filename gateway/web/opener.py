@@ -18,8 +18,8 @@ from gateway.dialects import UPSTREAM_TYPES
 from gateway.dialects.base import UpstreamSettings
 from gateway.openai import ParsedRequest
 from gateway.router import Opened, UpstreamCall
-from gateway.source import EventSource, GapCounts
-from gateway.stream import OpenedUpstream, UpstreamResponse
+from gateway.source import EventSource, GapCounts, OpenedUpstream
+from gateway.stream import UpstreamResponse
 from gateway.web import budgets
 from gateway.web.accounting import model_label
 from gateway.web.keys import CONFIG, ROUTER

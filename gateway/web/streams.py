@@ -29,8 +29,9 @@ from gateway.openai import ParsedRequest
 from gateway.redisconn import RedisUnavailable
 from gateway.relay import SSE_HEADERS
 from gateway.resumable import EventLog, RedisLogs, ResumableStream, ResumableStreams
+from gateway.source import OpenedUpstream
 from gateway.sse import encode_comment, encode_event
-from gateway.stream import OpenedUpstream, StreamOutcome
+from gateway.stream import StreamOutcome
 from gateway.web.accounting import RECORD
 from gateway.web.auth import API_KEY
 from gateway.web.keys import CONFIG
