@@ -1,4 +1,7 @@
-"""A small raw SSE client for the functional tests: it sees the exact bytes the gateway sent."""
+"""A small raw SSE client for the functional tests: it sees the exact bytes the gateway sent.
+
+It parses them with the suite's own parser (tests/event_stream.py), never with gateway.sse.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.sse import SSEParser
+from tests.event_stream import EventStreamParser
 
 
 def chat_body(model: str = "demo", *, stream: bool = True, **extra: Any) -> dict[str, Any]:
@@ -54,7 +57,7 @@ async def read_stream(
         aiohttp.ClientSession() as session,
         session.post(url, json=body, headers=headers or {}) as response,
     ):
-        parser = SSEParser()
+        parser = EventStreamParser()
         result = StreamRead(response.status, dict(response.headers))
         try:
             async for chunk in response.content.iter_any():
@@ -62,5 +65,6 @@ async def read_stream(
                 result.data.extend(event.data for event in parser.feed(chunk))
         except aiohttp.ClientPayloadError:
             pass
+        result.data.extend(event.data for event in parser.end())
         result.comments = parser.comments
         return result

@@ -12,8 +12,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.sse import SSEParser
 from tests.conftest import MASTER_KEY, Proc, create_key, run_cli, write_config
+from tests.event_stream import EventStreamParser
 from tests.functional.client import chat_body, read_stream
 
 
@@ -47,7 +47,7 @@ async def cancel_after(
     """Read ``events`` events, then drop the connection."""
     async with aiohttp.ClientSession(headers=headers) as session:
         response = await session.post(url + "/v1/chat/completions", json=body)
-        parser, seen = SSEParser(), 0
+        parser, seen = EventStreamParser(), 0
         async for chunk in response.content.iter_any():
             seen += len(parser.feed(chunk))
             if seen >= events:

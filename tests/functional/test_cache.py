@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from gateway.mock.answer import expected_text
-from gateway.sse import SSEParser
 from tests.conftest import MASTER_KEY, Proc, create_key, write_config
+from tests.event_stream import EventStreamParser
 from tests.functional.client import StreamRead, chat_body, read_stream
 from tests.functional.test_accounting import totals, usage_rows, wait_for_requests
 from tests.functional.test_shared_store import metric, scrape
@@ -160,7 +160,7 @@ async def timed_stream(
         aiohttp.ClientSession() as session,
         session.post(url, json=request, headers=headers) as response,
     ):
-        parser = SSEParser()
+        parser = EventStreamParser()
         result = StreamRead(response.status, dict(response.headers))
         async for chunk in response.content.iter_any():
             for event in parser.feed(chunk):

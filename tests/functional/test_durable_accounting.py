@@ -19,8 +19,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.sse import SSEParser
 from tests.conftest import MASTER_KEY, Proc, create_key, wait_for_log, write_config
+from tests.event_stream import EventStreamParser
 from tests.postgres_server import PostgresServer, fetch, postgres_server, postgres_url
 from tests.redis_server import redis_prefix, redis_server, redis_url
 
@@ -62,7 +62,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, sent: Sent) -> N
     try:
         async with session.post(url, json=mixed_body(sent.rid, sent.kind), headers=headers) as r:
             sent.status = r.status
-            parser, seen = SSEParser(), 0
+            parser, seen = EventStreamParser(), 0
             async for chunk in r.content.iter_any():
                 seen += len(parser.feed(chunk))
                 if sent.kind == "cancel" and seen >= 3:

@@ -15,8 +15,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.sse import SSEParser
 from tests.conftest import ROOT, Proc, free_port, wait_for_port, write_config
+from tests.event_stream import EventStreamParser
 from tests.functional.client import chat_body, read_stream
 
 
@@ -41,7 +41,7 @@ async def test_client_disconnect_cancels_upstream_within_a_second(gateway_on_moc
     body = chat_body("mock-gpt", mock={"chunks": 500, "delay": 0.05})
     async with aiohttp.ClientSession() as session:
         response = await session.post(gateway_on_mock.url + "/v1/chat/completions", json=body)
-        parser = SSEParser()
+        parser = EventStreamParser()
         seen = 0
         async for chunk in response.content.iter_any():
             seen += len(parser.feed(chunk))

@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.mock.answer import expected_text
-from gateway.sse import SSEEvent, SSEParser
 from tests.conftest import MASTER_KEY, Proc, create_key, write_config
+from tests.event_stream import Event, EventStreamParser
 from tests.functional.client import chat_body
 from tests.functional.test_accounting import totals, usage_rows, wait_for_requests
 from tests.redis_server import redis_prefix, redis_server, redis_url
@@ -32,9 +32,9 @@ def request_body(content: str, **mock_settings: Any) -> dict[str, Any]:
     return body
 
 
-async def read_events(response: aiohttp.ClientResponse, limit: int | None = None) -> list[SSEEvent]:
+async def read_events(response: aiohttp.ClientResponse, limit: int | None = None) -> list[Event]:
     """Read events until the stream ends, or stop (and drop the connection) after ``limit``."""
-    parser, events = SSEParser(), []
+    parser, events = EventStreamParser(), []
     async for chunk in response.content.iter_any():
         events.extend(parser.feed(chunk))
         if limit is not None and len(events) >= limit:
@@ -45,14 +45,14 @@ async def read_events(response: aiohttp.ClientResponse, limit: int | None = None
 
 async def start_and_cut(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any], k: int, headers: dict[str, str]
-) -> tuple[str, list[SSEEvent]]:
+) -> tuple[str, list[Event]]:
     response = await session.post(url + URL, json=body, headers={**RESUMABLE, **headers})
     assert response.status == 200
     stream_id = response.headers["X-Gateway-Stream-Id"]
     return stream_id, await read_events(response, k)
 
 
-def text_of(events: list[SSEEvent]) -> str:
+def text_of(events: list[Event]) -> str:
     pieces = []
     for event in events:
         if event.data.startswith(b"{"):
