@@ -26,6 +26,7 @@ def make(failures: int = 5, recovery: float = 30.0, probes: int = 1) -> Made:
 
 
 def test_opens_after_consecutive_failures_only() -> None:
+    """The breaker opens after N consecutive failures; a success in between resets the count."""
     breaker, _, changes = make(failures=5)
     for _ in range(4):
         assert breaker.allow()
@@ -41,6 +42,7 @@ def test_opens_after_consecutive_failures_only() -> None:
 
 
 def test_half_open_after_recovery_lets_limited_probes_through() -> None:
+    """After recovery it is half-open: `probes` calls pass, and as many successes close it."""
     breaker, clock, changes = make(failures=1, recovery=30.0, probes=2)
     breaker.failure()
     clock.now += 29.9
@@ -58,6 +60,7 @@ def test_half_open_after_recovery_lets_limited_probes_through() -> None:
 
 
 def test_failed_probe_reopens_for_a_full_recovery_time() -> None:
+    """A failed probe reopens the breaker for a whole recovery time, counted from that failure."""
     breaker, clock, changes = make(failures=1, recovery=10.0)
     breaker.failure()
     clock.now += 10
@@ -70,6 +73,7 @@ def test_failed_probe_reopens_for_a_full_recovery_time() -> None:
 
 
 def test_released_probe_frees_its_slot() -> None:
+    """A probe released without a verdict gives its slot to the next caller."""
     breaker, clock, _ = make(failures=1, recovery=1.0)
     breaker.failure()
     clock.now += 1

@@ -36,6 +36,7 @@ def key(headers: dict[str, str] | None = None, scope: str = "key_a", **body: Any
 
 
 def test_key_ignores_stream_options_and_user_but_not_sampling() -> None:
+    """The cache key ignores stream, stream_options and user, not max_tokens or the key's scope."""
     base = key(temperature=0)
     assert base is not None
     assert key(temperature=0, stream=True, stream_options={"include_usage": True}) == base
@@ -48,6 +49,7 @@ def test_key_ignores_stream_options_and_user_but_not_sampling() -> None:
 
 
 def test_modes_and_headers() -> None:
+    """Deterministic requests are cached unless the mode or headers say otherwise; bad TTL: 400."""
     assert key(temperature=0.5) is None  # not deterministic
     assert key(temperature=0.5, seed=3) is not None
     assert key({"X-Gateway-Cache": "on"}, temperature=0.5) is not None
@@ -84,6 +86,7 @@ STREAM = b"".join(
 
 
 def test_stream_assembles_into_a_completion_with_tool_calls_and_usage() -> None:
+    """A recorded stream assembles into one completion with its text, tool calls and usage."""
     answer = orjson.loads(assemble_completion(STREAM))
     message = answer["choices"][0]["message"]
     assert answer["object"] == "chat.completion"
@@ -96,6 +99,7 @@ def test_stream_assembles_into_a_completion_with_tool_calls_and_usage() -> None:
 
 
 def test_completion_round_trips_through_a_stream() -> None:
+    """A completion replayed as a stream is complete and assembles back into the same completion."""
     completion = assemble_completion(STREAM)
     replayed = completion_to_stream(completion)
     assert stream_is_complete(replayed)
@@ -105,12 +109,14 @@ def test_completion_round_trips_through_a_stream() -> None:
 
 
 def test_incomplete_streams_are_recognised() -> None:
+    """A stream cut short or ending in an error event is not complete."""
     assert stream_is_complete(STREAM)
     assert not stream_is_complete(STREAM[:-20])
     assert not stream_is_complete(b'data: {"error":{"message":"x"}}\n\ndata: [DONE]\n\n')
 
 
 def test_entry_survives_serialisation_and_rejects_garbage() -> None:
+    """An entry and its timing marks survive dumps/loads; garbage or a new version is None."""
     entry = CacheEntry("stream", STREAM, [(100, 0.0), (len(STREAM), 0.25)], deployment="d")
     again = CacheEntry.loads(entry.dumps())
     assert again is not None and again.body == STREAM and again.marks == entry.marks
@@ -121,6 +127,7 @@ def test_entry_survives_serialisation_and_rejects_garbage() -> None:
 
 
 async def test_memory_backend_is_bounded_lru() -> None:
+    """The memory backend evicts LRU, bounds its bytes, refuses the oversized, expires by TTL."""
     backend = MemoryBackend(max_entries=3, max_bytes=1000)
     for name in "abc":
         assert await backend.set(name, CacheEntry("json", b"x" * 100), ttl=60)

@@ -178,6 +178,7 @@ def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
 
 
 def test_cache_streams_and_limits_sections(tmp_path: Path) -> None:
+    """cache:, streams: and limits: load with per-model TTLs; no limit applies unless configured."""
     path = write(
         tmp_path,
         """

@@ -28,6 +28,7 @@ class Clock:
 
 
 def test_window_slides_instead_of_resetting_at_a_boundary() -> None:
+    """A sliding window frees a slot when its oldest request leaves, not at a fixed boundary."""
     clock = Clock()
     windows = LocalWindows(clock)
     for _ in range(5):
@@ -42,6 +43,7 @@ def test_window_slides_instead_of_resetting_at_a_boundary() -> None:
 
 
 def test_costs_and_settling() -> None:
+    """A take books its cost, and settling with the real usage gives the difference back."""
     clock = Clock()
     windows = LocalWindows(clock)
     tpm = Window("key_tpm", "key:a", 1000, 60.0)
@@ -53,6 +55,7 @@ def test_costs_and_settling() -> None:
 
 
 def test_subjects_are_independent_and_bounded() -> None:
+    """Each subject has its own window, and memory holds at most max_subjects of them."""
     windows = LocalWindows(Clock(), max_subjects=100)
     for n in range(1000):
         assert windows.take(Window("ip_rpm", f"ip:{n}", 1, 60.0), 1).allowed
@@ -60,6 +63,7 @@ def test_subjects_are_independent_and_bounded() -> None:
 
 
 def test_local_concurrency_slots() -> None:
+    """In memory, a subject holds at most `limit` concurrency slots until one is released."""
     windows = LocalWindows(Clock())
     assert windows.acquire("c", "k", 2) and windows.acquire("c", "k", 2)
     assert not windows.acquire("c", "k", 2)
@@ -107,6 +111,7 @@ async def _exact_window(clients: list[aioredis.Redis], redis_prefix: str) -> Non
 
 
 async def test_redis_concurrency_slots(redis_url: str, redis_prefix: str) -> None:
+    """In Redis, ten racing acquires get exactly three leased slots; a release frees one."""
     client = aioredis.Redis.from_url(redis_url)
     limiter = RateLimiter(RedisConn(client, prefix=redis_prefix))
     slots = await asyncio.gather(*(limiter.acquire("c", "key:x", 3) for _ in range(10)))
@@ -118,6 +123,7 @@ async def test_redis_concurrency_slots(redis_url: str, redis_prefix: str) -> Non
 
 
 async def test_unreachable_redis_falls_back_to_local_limits_without_waiting() -> None:
+    """With Redis unreachable, limits are enforced per worker and the breaker stops the waits."""
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
     limiter = RateLimiter(RedisConn(client), timeout=0.25)
     window = Window("key_rpm", "key:x", 3, 60.0)
@@ -134,6 +140,7 @@ async def test_unreachable_redis_falls_back_to_local_limits_without_waiting() ->
 async def test_redis_stopped_then_back(
     redis_server: RedisServer | None, redis_url: str, redis_prefix: str
 ) -> None:
+    """Redis stopped costs one bounded wait and a local verdict; once back, it decides again."""
     if redis_server is None:
         pytest.fail("this test needs the suite's own redis-server (unset REDIS_URL)")
     client = aioredis.Redis.from_url(redis_url, socket_timeout=0.2, socket_connect_timeout=0.2)

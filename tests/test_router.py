@@ -117,6 +117,7 @@ def server_error(status: int = 500, retry_after: str | None = None) -> UpstreamS
 
 
 async def test_weighted_random_follows_the_weights() -> None:
+    """Weighted-random picks the weight-3 deployment first about three times in four."""
     cfg = config()
     router = make_router(cfg, ScriptedUpstreams())
     plan = route(cfg, "m")
@@ -125,6 +126,7 @@ async def test_weighted_random_follows_the_weights() -> None:
 
 
 async def test_plan_ends_with_the_fallback_models() -> None:
+    """A model's plan lists its own deployments first, then its fallback model's."""
     cfg = config()
     plan = make_router(cfg, ScriptedUpstreams()).plan(route(cfg, "m"))
     assert [a.health.deployment.name for a in plan][2:] == ["c"]
@@ -132,6 +134,7 @@ async def test_plan_ends_with_the_fallback_models() -> None:
 
 
 async def test_failure_before_first_byte_is_retried_on_another_deployment() -> None:
+    """A refused connection is retried on the other deployment; three of them open its breaker."""
     cfg = config()
     upstreams = ScriptedUpstreams()
     upstreams.down["a"] = UpstreamUnreachable("refused")
@@ -145,6 +148,7 @@ async def test_failure_before_first_byte_is_retried_on_another_deployment() -> N
 
 
 async def test_every_deployment_failing_falls_back_to_the_next_model() -> None:
+    """When every deployment of a model fails, the fallback model answers (attempt three)."""
     cfg = config()
     upstreams = ScriptedUpstreams()
     upstreams.down["a"] = upstreams.down["b"] = server_error(502)
@@ -155,6 +159,7 @@ async def test_every_deployment_failing_falls_back_to_the_next_model() -> None:
 
 
 async def test_non_retryable_status_is_returned_at_once() -> None:
+    """An upstream 400 is returned after one attempt, with no retry elsewhere."""
     cfg = config()
     upstreams = ScriptedUpstreams()
     upstreams.down["a"] = upstreams.down["b"] = server_error(400)
@@ -165,6 +170,7 @@ async def test_non_retryable_status_is_returned_at_once() -> None:
 
 
 async def test_attempts_are_bounded() -> None:
+    """routing.retries.attempts caps the upstream calls, however many deployments remain."""
     cfg = config(attempts=2)
     upstreams = ScriptedUpstreams()
     upstreams.down["a"] = upstreams.down["b"] = upstreams.down["c"] = server_error(503)
@@ -242,6 +248,7 @@ async def test_a_request_the_upstream_rejects_never_feeds_the_breaker() -> None:
 
 
 async def test_a_key_answered_429_rests_for_its_retry_after() -> None:
+    """A key answered 429 rests for its Retry-After, not a breaker failure, then serves again."""
     now = [0.0]
     cfg = config()
     upstreams = ScriptedUpstreams()
@@ -259,6 +266,7 @@ async def test_a_key_answered_429_rests_for_its_retry_after() -> None:
 
 
 async def test_retry_budget_limits_concurrent_retries() -> None:
+    """With a retry budget of one, concurrent failing requests give up rather than all retrying."""
     cfg = config(budget_min=1, budget_ratio=0.01, backoff_base=0.2, backoff_max=0.2)
     upstreams = ScriptedUpstreams()
     for name in ("a", "b"):
@@ -274,6 +282,7 @@ async def test_retry_budget_limits_concurrent_retries() -> None:
 
 
 async def test_a_full_deployment_is_passed_over_without_counting_as_a_failure() -> None:
+    """A deployment whose pool is full is skipped, and its breaker stays closed."""
     cfg = config()
     upstreams = ScriptedUpstreams()
     upstreams.down["a"] = ServiceUnavailable("full", code="upstream_pool_full")
@@ -284,6 +293,7 @@ async def test_a_full_deployment_is_passed_over_without_counting_as_a_failure() 
 
 
 async def test_least_busy_and_lowest_latency_orders() -> None:
+    """least-busy orders by requests in flight, lowest-latency by observed latency."""
     cfg = load_config(
         None,
         {},

@@ -50,6 +50,7 @@ def body(content: str = "cache me", stream: bool = True, **mock_settings: Any) -
 
 
 async def test_hit_miss_bypass_and_stored(gateway_on_mock: Proc) -> None:
+    """Miss, then a byte-identical hit without upstream; bypass, opt-in, no-store, no-cache."""
     url = gateway_on_mock.url + URL
     first = await read_stream(url, body())
     assert first.headers["X-Gateway-Cache"] == "miss" and first.done
@@ -106,6 +107,7 @@ async def upstream_records_of(gateway: Proc) -> list[dict[str, Any]]:
 async def test_failed_or_truncated_streams_are_never_cached(
     gateway_on_mock: Proc, failure: dict[str, Any]
 ) -> None:
+    """A stream that dies, ends in an error event or fails with a status is not cached."""
     url = gateway_on_mock.url + URL
     request = body("fails", chunks=10, **failure)
     for _ in range(2):
@@ -130,6 +132,7 @@ async def test_client_that_leaves_early_is_not_cached_and_does_not_poison(
 
 
 async def test_stream_answers_json_and_json_answers_stream(gateway_on_mock: Proc) -> None:
+    """A cached stream answers a JSON request, and a cached JSON answer replays as a stream."""
     url = gateway_on_mock.url + URL
     streamed = await read_stream(url, body("shape A", chunks=12))
     await asyncio.sleep(0.2)
@@ -170,6 +173,7 @@ async def timed_stream(
 
 
 async def test_paced_replay_keeps_the_recorded_timing(gateway_on_mock: Proc) -> None:
+    """A paced replay keeps the recorded timing within 10 %; the default replay is immediate."""
     url = gateway_on_mock.url + URL
     request = body("paced", chunks=20, delay=0.05)
     live, live_times = await timed_stream(url, request, {})
@@ -186,6 +190,7 @@ async def test_paced_replay_keeps_the_recorded_timing(gateway_on_mock: Proc) -> 
 async def test_cache_is_scoped_per_key(
     start_gateway: Any, mock_upstream: Proc, tmp_path: Path
 ) -> None:
+    """One key's entry is not another key's hit; the hit is in its own key's statistics."""
     env = {
         "LLM_GATEWAY_STORE__PATH": str(tmp_path / "s.sqlite3"),
         "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
@@ -214,6 +219,7 @@ async def test_cache_is_scoped_per_key(
 async def test_coalescing_fifty_identical_streams_make_one_upstream_call(
     gateway_on_mock: Proc,
 ) -> None:
+    """Fifty identical concurrent streams make one upstream call and all get the same events."""
     url = gateway_on_mock.url + URL
     request = body("together", chunks=20, delay=0.03)
     results = await asyncio.gather(*(read_stream(url, request) for _ in range(50)))
@@ -228,6 +234,7 @@ async def test_coalescing_fifty_identical_streams_make_one_upstream_call(
 
 
 async def test_coalescing_survives_the_leader_leaving(gateway_on_mock: Proc) -> None:
+    """A follower gets the whole stream when the client that started it disconnects."""
     url = gateway_on_mock.url + URL
     request = body("leader leaves", chunks=30, delay=0.03)
     async with aiohttp.ClientSession() as session:
@@ -244,6 +251,7 @@ async def test_coalescing_survives_the_leader_leaving(gateway_on_mock: Proc) -> 
 
 
 async def test_coalesced_clients_share_an_upstream_failure(gateway_on_mock: Proc) -> None:
+    """Coalesced clients all get the same final error event when the shared upstream dies."""
     url = gateway_on_mock.url + URL
     request = body("fails together", chunks=30, delay=0.03, die_after=10)
     results = await asyncio.gather(*(read_stream(url, request) for _ in range(5)))
@@ -262,6 +270,7 @@ async def test_redis_cache_degrades_to_misses_when_redis_dies(
     redis_prefix: str,
     redis_server: RedisServer | None,
 ) -> None:
+    """The Redis cache is shared by two instances; with Redis down requests are fast misses."""
     assert redis_server is not None, "needs the suite's own redis-server (unset REDIS_URL)"
     env = {
         "LLM_GATEWAY_REDIS_URL": redis_url,

@@ -134,6 +134,7 @@ async def test_redis_stopped_mid_test_requests_keep_being_served(
     redis_env: dict[str, str],
     redis_server: RedisServer | None,
 ) -> None:
+    """Redis stopped for 3 s mid-traffic: every request is still a 200, none waits 2 s."""
     assert redis_server is not None, "needs the suite's own redis-server (unset REDIS_URL)"
     _, key = create_key(redis_env, "--rpm", "100000")
     gateway: Proc = start_gateway(
@@ -164,6 +165,7 @@ async def test_redis_stopped_mid_test_requests_keep_being_served(
 async def test_ip_and_global_limits_without_redis(
     start_gateway: Any, mock_upstream: Proc, tmp_path: Path
 ) -> None:
+    """Without Redis, ip_rpm refuses the sixth request per address and global_rps caps a burst."""
     config = write_config(tmp_path, mock_upstream.url)
     config.write_text(config.read_text() + "limits: {ip_rpm: 5}\n")
     gateway: Proc = start_gateway("--config", str(config))

@@ -58,6 +58,7 @@ async def finished(page: Page) -> None:
 async def test_dropped_connection_resumes_with_no_gap_and_no_repeat(
     browser: Browser, start_gateway: Any, slow_mock: Proc, tmp_path: Path
 ) -> None:
+    """A dropped playground stream resumes by id: the answer exactly once, one upstream call."""
     gateway: Proc = start_gateway("--config", str(write_config(tmp_path, slow_mock.url)))
     page = await browser.new_page()
     await page.goto(gateway.url + "/")
@@ -86,6 +87,7 @@ async def test_dropped_connection_resumes_with_no_gap_and_no_repeat(
 async def test_demo_model_out_of_the_box_with_a_cache_hit_badge(
     browser: Browser, start_gateway: Any
 ) -> None:
+    """With no config the playground answers with the demo model; a repeat shows a cache hit."""
     gateway: Proc = start_gateway()  # embedded defaults: no config, no key, the demo model
     page = await browser.new_page()
     await page.goto(gateway.url + "/")
@@ -135,6 +137,7 @@ EVENT_SOURCE_SCRIPT = """async () => {
 async def test_event_source_resumes_a_stream_and_stops_on_204(
     browser: Browser, gateway_on_mock: Proc
 ) -> None:
+    """A browser EventSource resumes a dropped stream with every id in order and stops on a 204."""
     page = await browser.new_page()
     await page.goto(gateway_on_mock.url + "/")
     result = await page.evaluate(EVENT_SOURCE_SCRIPT)

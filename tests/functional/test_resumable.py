@@ -62,6 +62,7 @@ def text_of(events: list[Event]) -> str:
 
 
 async def test_cut_after_k_events_and_resume_gets_exactly_the_rest(gateway_on_mock: Proc) -> None:
+    """A stream cut after 7 events resumes from Last-Event-ID (or ?after=) with no gap or repeat."""
     body = request_body("resume me")
     async with aiohttp.ClientSession() as session:
         stream_id, first = await start_and_cut(session, gateway_on_mock.url, body, 7, {})
@@ -131,6 +132,7 @@ async def test_resume_across_two_workers_on_redis(
 async def test_resume_by_another_key_is_refused_and_expired_is_204(
     start_gateway: Any, mock_upstream: Proc, tmp_path: Path
 ) -> None:
+    """Another key may not resume or cancel (403); a bad id is 400; after retention it is 204."""
     env = {
         "LLM_GATEWAY_STORE__PATH": str(tmp_path / "s.sqlite3"),
         "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
@@ -168,6 +170,7 @@ async def test_resume_by_another_key_is_refused_and_expired_is_204(
 async def test_no_resumer_within_the_grace_period_cancels_the_upstream(
     start_gateway: Any, mock_upstream: Proc, tmp_path: Path
 ) -> None:
+    """With no resumer within the grace period, the upstream is cancelled; one record is kept."""
     env = {
         "LLM_GATEWAY_STORE__PATH": str(tmp_path / "s.sqlite3"),
         "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.5",
@@ -195,6 +198,7 @@ async def test_no_resumer_within_the_grace_period_cancels_the_upstream(
 
 
 async def test_explicit_cancel_stops_the_generation(gateway_on_mock: Proc) -> None:
+    """POST /cancel ends the stream with a stream_cancelled event and disconnects the upstream."""
     body = request_body("stop it", chunks=400, delay=0.02)
     async with aiohttp.ClientSession() as session:
         response = await session.post(gateway_on_mock.url + URL, json=body, headers=RESUMABLE)
@@ -214,6 +218,7 @@ async def test_explicit_cancel_stops_the_generation(gateway_on_mock: Proc) -> No
 async def test_resumable_by_configuration(
     start_gateway: Any, mock_upstream: Proc, tmp_path: Path, configured: str
 ) -> None:
+    """Streams are resumable by model, key or for all by configuration; a client can opt out."""
     env = {
         "LLM_GATEWAY_STORE__PATH": str(tmp_path / "s.sqlite3"),
         "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
@@ -246,6 +251,7 @@ async def test_resumable_by_configuration(
 async def test_sigterm_lets_a_resumable_stream_finish(
     start_gateway: Any, mock_upstream: Proc, tmp_path: Path
 ) -> None:
+    """On SIGTERM a resumable stream in flight finishes whole and the gateway exits 0."""
     gateway: Proc = start_gateway("--config", str(write_config(tmp_path, mock_upstream.url)))
     body = request_body("draining", chunks=30, delay=0.05)
     async with aiohttp.ClientSession() as session:

@@ -118,6 +118,7 @@ async def test_failing_deployment_is_ejected_then_probed_and_readmitted(
 async def test_every_deployment_down_fails_fast_with_retry_after(
     start_gateway: Any, two_mocks: list[Proc], tmp_path: Path
 ) -> None:
+    """With both breakers open, a 503 with Retry-After in under 10 ms and no upstream call."""
     a, b = two_mocks
     gateway = start_gateway("--config", str(routing_config(tmp_path, a, b)))
     for proc in two_mocks:
@@ -185,6 +186,7 @@ async def test_only_a_deployment_is_retried_on_itself(
 async def test_failure_after_first_byte_is_not_retried(
     start_gateway: Any, two_mocks: list[Proc], tmp_path: Path
 ) -> None:
+    """An upstream dying after the first event is not retried: the stream ends in an error event."""
     a, b = two_mocks
     gateway = start_gateway("--config", str(routing_config(tmp_path, a, b)))
     body = chat_body("mock-gpt", mock={"chunks": 30, "die_after": 5, "delay": 0.01})
@@ -200,6 +202,7 @@ async def test_failure_after_first_byte_is_not_retried(
 async def test_key_answered_429_cools_down_for_its_retry_after(
     start_gateway: Any, two_mocks: list[Proc], tmp_path: Path
 ) -> None:
+    """A pool key answered 429 rests for its Retry-After while the other serves, then returns."""
     a, b = two_mocks
     gateway = start_gateway("--config", str(routing_config(tmp_path, a, b)))
     await set_behaviour(a, {"keys": {"sk-a1": {"fail_status": 429, "retry_after": 2}}})
