@@ -17,6 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 20.0
+MASTER_KEY = "test-master-key-0123456789-abcdefghijklmnop"
+STORE_FILE = "store.sqlite3"  # in the test's tmp_path: start_gateway's default and keyed_env's
 
 
 def free_port() -> int:
@@ -117,7 +119,7 @@ def start_gateway(tmp_path: Path) -> Iterator[object]:
         # Each test has a store of its own unless it names one.
         # No readiness announce period on SIGTERM unless a test asks for one: stops stay quick.
         full_env = {
-            "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),
+            "LLM_GATEWAY_STORE__PATH": str(tmp_path / STORE_FILE),
             "LLM_GATEWAY_DRAIN_ANNOUNCE": "0",
             **(env or {}),
         }
@@ -137,6 +139,19 @@ def start_gateway(tmp_path: Path) -> Iterator[object]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def keyed_env(tmp_path: Path) -> dict[str, str]:
+    """A strong master key and the test's own store: the environment of a gateway with keys.
+
+    Pass it to ``create_key`` and ``run_cli`` as well as to ``start_gateway``, so the CLI writes
+    keys where the gateway reads them; add settings on top with ``{**keyed_env, ...}``.
+    """
+    return {
+        "LLM_GATEWAY_STORE__PATH": str(tmp_path / STORE_FILE),
+        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
+    }
 
 
 @pytest.fixture
@@ -202,9 +217,6 @@ def gateway_on_mock(start_gateway, mock_upstream: Proc, tmp_path: Path) -> Proc:
     proc: Proc = start_gateway("--config", str(write_config(tmp_path, mock_upstream.url)))
     proc.extra["mock_url"] = mock_upstream.url
     return proc
-
-
-MASTER_KEY = "test-master-key-0123456789-abcdefghijklmnop"
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

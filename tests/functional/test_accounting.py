@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import MASTER_KEY, Proc, create_key, run_cli, write_config
+from tests.conftest import Proc, create_key, run_cli, write_config
 from tests.event_stream import EventStreamParser
 from tests.functional.client import chat_body, read_stream
 
@@ -56,12 +56,9 @@ async def cancel_after(
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-        "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.5",
-    }
+def env(keyed_env: dict[str, str]) -> dict[str, str]:
+    """Keys, and stats flushed every half second."""
+    return {**keyed_env, "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.5"}
 
 
 async def test_ground_truth_one_record_per_request_and_exact_tokens(

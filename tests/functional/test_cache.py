@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from gateway.mock.answer import expected_text
-from tests.conftest import MASTER_KEY, Proc, create_key, write_config
+from tests.conftest import Proc, create_key, write_config
 from tests.event_stream import EventStreamParser
 from tests.functional.client import StreamRead, chat_body, read_stream
 from tests.functional.test_accounting import totals, usage_rows, wait_for_requests
@@ -188,14 +188,10 @@ async def test_paced_replay_keeps_the_recorded_timing(gateway_on_mock: Proc) -> 
 
 
 async def test_cache_is_scoped_per_key(
-    start_gateway: Any, mock_upstream: Proc, tmp_path: Path
+    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:
     """One key's entry is not another key's hit; the hit is in its own key's statistics."""
-    env = {
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "s.sqlite3"),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-        "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.5",
-    }
+    env = {**keyed_env, "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.5"}
     key_a_id, key_a = create_key(env)
     _, key_b = create_key(env)
     gateway: Proc = start_gateway(
@@ -269,14 +265,15 @@ async def test_redis_cache_degrades_to_misses_when_redis_dies(
     redis_url: str,
     redis_prefix: str,
     redis_server: RedisServer | None,
+    keyed_env: dict[str, str],
 ) -> None:
     """The Redis cache is shared by two instances; with Redis down requests are fast misses."""
     assert redis_server is not None, "needs the suite's own redis-server (unset REDIS_URL)"
     env = {
+        **keyed_env,
         "LLM_GATEWAY_REDIS_URL": redis_url,
         "LLM_GATEWAY_STORE__REDIS_PREFIX": redis_prefix,
         "LLM_GATEWAY_STORE__TIMEOUT": "0.5",
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
     }
     _, key = create_key(env)
     auth = {"Authorization": f"Bearer {key}"}

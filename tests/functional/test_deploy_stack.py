@@ -17,7 +17,6 @@ import aiohttp
 import pytest
 
 from tests.conftest import (
-    MASTER_KEY,
     ROOT,
     Proc,
     create_key,
@@ -127,13 +126,18 @@ http {{
 
 @pytest.fixture
 def pair(
-    start_gateway, mock_upstream: Proc, tmp_path: Path, redis_url: str, redis_prefix: str
+    start_gateway,
+    mock_upstream: Proc,
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    keyed_env: dict[str, str],
 ) -> Iterator[tuple[Nginx, list[Proc], dict[str, str]]]:  # type: ignore[no-untyped-def]
     """Two gateways sharing the suite's Redis, behind nginx; yields (nginx, gateways, headers)."""
     env = {
+        **keyed_env,
         "LLM_GATEWAY_REDIS_URL": redis_url,
         "LLM_GATEWAY_STORE__REDIS_PREFIX": redis_prefix,
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
         "LLM_GATEWAY_KEEPALIVE_INTERVAL": "0.3",
     }
     _, key = create_key(env)

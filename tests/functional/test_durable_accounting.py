@@ -19,7 +19,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import MASTER_KEY, Proc, create_key, wait_for_log, write_config
+from tests.conftest import Proc, create_key, wait_for_log, write_config
 from tests.event_stream import EventStreamParser
 from tests.postgres_server import PostgresServer, fetch, postgres_server, postgres_url
 from tests.redis_server import redis_prefix, redis_server, redis_url
@@ -164,13 +164,14 @@ def postgres_pids(server: PostgresServer) -> list[int]:
 
 
 @pytest.fixture
-def bus_env(redis_url: str, redis_prefix: str, postgres_url: str, tmp_path: Path) -> dict[str, str]:
+def bus_env(
+    redis_url: str, redis_prefix: str, postgres_url: str, keyed_env: dict[str, str]
+) -> dict[str, str]:
     return {
+        **keyed_env,
         "LLM_GATEWAY_REDIS_URL": redis_url,
         "LLM_GATEWAY_STORE__REDIS_PREFIX": redis_prefix,
         "LLM_GATEWAY_DATABASE_URL": postgres_url,
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
         "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.5",
         "LLM_GATEWAY_STATS__CLAIM_AFTER": "2",
     }
@@ -250,15 +251,14 @@ async def test_crash_ground_truth_with_the_bus_and_postgres(
 
 
 async def test_sqlite_spool_loses_nothing_to_sigkill(
-    start_gateway, mock_upstream: Proc, tmp_path: Path
+    start_gateway, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:  # type: ignore[no-untyped-def]
     """Without Redis, 600 mixed requests over 2 workers, one SIGKILLed while it holds buffered
     events and requests in flight: the spool brings both back, one record per request (the
     README's bound for SIGKILL is zero; only a power loss can cost the fsync window)."""
-    store = tmp_path / "store.sqlite3"
+    store = Path(keyed_env["LLM_GATEWAY_STORE__PATH"])
     env = {
-        "LLM_GATEWAY_STORE__PATH": str(store),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
+        **keyed_env,
         "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "3",  # events wait in memory when the kill comes
         "LLM_GATEWAY_STATS__FLUSH_EVENTS": "1000",
     }

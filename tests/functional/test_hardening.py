@@ -86,7 +86,7 @@ async def test_random_paths_and_model_names_add_no_series(
 
 
 async def test_every_route_is_public_by_allowlist_or_needs_auth(
-    start_gateway, tmp_path: Path
+    start_gateway, keyed_env: dict[str, str]
 ) -> None:  # type: ignore[no-untyped-def]
     """Walking app.router: every route off the public allowlist refuses a request without a key."""
     app = make_app(load_config(None, {}))
@@ -98,7 +98,7 @@ async def test_every_route_is_public_by_allowlist_or_needs_auth(
         path = info.get("path") or info.get("formatter") or info.get("prefix", "")
         routes.add((route.method, path))
     assert routes >= PUBLIC_ROUTES, "the allowlist names a route that no longer exists"
-    env = {"LLM_GATEWAY_AUTH__MODE": "on", "LLM_GATEWAY_MASTER_KEY": MASTER_KEY}
+    env = {**keyed_env, "LLM_GATEWAY_AUTH__MODE": "on"}
     proc: Proc = start_gateway(env=env)
     for method, path in sorted(routes - PUBLIC_ROUTES):
         concrete = (
@@ -182,11 +182,12 @@ async def test_mock_overrides_can_be_turned_off(start_gateway) -> None:  # type:
     assert status == 200
 
 
-async def test_resumable_streams_are_bounded_per_key(start_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_resumable_streams_are_bounded_per_key(
+    start_gateway, keyed_env: dict[str, str]
+) -> None:  # type: ignore[no-untyped-def]
     """Abandoned resumable streams count against their key until they end: the next is a 429."""
     env = {
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "s.sqlite3"),
+        **keyed_env,
         "LLM_GATEWAY_STREAMS__MAX_PER_KEY": "2",
         "LLM_GATEWAY_LIMITS__KEY_CONCURRENT": "3",
     }
@@ -221,11 +222,10 @@ async def test_resumable_streams_are_bounded_per_key(start_gateway, tmp_path: Pa
     assert (await read_stream(url, chat_body(), resumable)).done
 
 
-async def test_smaller_holes(start_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_smaller_holes(start_gateway, keyed_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     """Huge ?after=, a slow admin body, private answers, a key's own model list, unknown models."""
     env = {
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "s.sqlite3"),
+        **keyed_env,
         "LLM_GATEWAY_BODY_TIMEOUT": "0.5",
     }
     refused = run_cli("keys", "create", "--name", "n", "--models", "demo,gpt-9", env=env)

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import MASTER_KEY, Proc, create_key
+from tests.conftest import Proc, create_key
 from tests.functional.client import StreamRead, chat_body, read_stream
 
 UPSTREAM_CANARY = "sk-upstream-CANARY" + secrets.token_hex(8)
@@ -36,13 +36,13 @@ models:
 
 
 @pytest.fixture
-def hostile_gateway(start_gateway, hostile_upstream: Proc, tmp_path: Path) -> tuple[Proc, str]:  # type: ignore[no-untyped-def]
+def hostile_gateway(
+    start_gateway, hostile_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
+) -> tuple[Proc, str]:  # type: ignore[no-untyped-def]
     """A gateway in front of the hostile upstream, and a client key (the client canary)."""
-    env = {"LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-           "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3")}  # fmt: skip
     config = hostile_config(tmp_path, hostile_upstream.url)
-    _, key = create_key(env, "--config", str(config))
-    proc: Proc = start_gateway("--config", str(config), env=env)
+    _, key = create_key(keyed_env, "--config", str(config))
+    proc: Proc = start_gateway("--config", str(config), env=keyed_env)
     proc.extra["hostile_url"] = hostile_upstream.url
     return proc, key
 

@@ -14,15 +14,6 @@ from tests.conftest import MASTER_KEY, Proc, create_key, run_cli, write_config
 from tests.functional.client import chat_body
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """A store of the test's own and a strong master key, shared by the CLI and the gateway."""
-    return {
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-    }
-
-
 async def call(url: str, key: str | None, body: dict[str, Any]) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with (
@@ -38,14 +29,16 @@ async def mock_requests(mock: Proc) -> int:
 
 
 async def test_every_bad_key_gets_the_same_401_and_no_upstream_call(
-    start_gateway, mock_upstream: Proc, tmp_path: Path, env: dict[str, str]
+    start_gateway, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:  # type: ignore[no-untyped-def]
     """Missing, malformed, unknown, revoked and expired keys are indistinguishable 401s."""
-    _, good = create_key(env)
-    revoked_id, revoked = create_key(env)
-    assert run_cli("keys", "revoke", revoked_id, env=env).returncode == 0
-    _, expired = create_key(env, "--expires", "2020-01-01")
-    proc: Proc = start_gateway("--config", str(write_config(tmp_path, mock_upstream.url)), env=env)
+    _, good = create_key(keyed_env)
+    revoked_id, revoked = create_key(keyed_env)
+    assert run_cli("keys", "revoke", revoked_id, env=keyed_env).returncode == 0
+    _, expired = create_key(keyed_env, "--expires", "2020-01-01")
+    proc: Proc = start_gateway(
+        "--config", str(write_config(tmp_path, mock_upstream.url)), env=keyed_env
+    )
     body = chat_body("mock-gpt", stream=False)
     unknown = "sk-gw-" + "A" * 43
     answers = [await call(proc.url, k, body) for k in (None, "garbage", unknown, revoked, expired)]
@@ -58,12 +51,14 @@ async def test_every_bad_key_gets_the_same_401_and_no_upstream_call(
 
 
 async def test_model_limits_and_max_requests(
-    start_gateway, mock_upstream: Proc, tmp_path: Path, env: dict[str, str]
+    start_gateway, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:  # type: ignore[no-untyped-def]
     """A key limited to some models gets 403 for others; max-requests is a hard quota."""
     config = str(write_config(tmp_path, mock_upstream.url))
-    _, key = create_key(env, "--config", config, "--models", "mock-gpt", "--max-requests", "2")
-    proc: Proc = start_gateway("--config", config, env=env)
+    _, key = create_key(
+        keyed_env, "--config", config, "--models", "mock-gpt", "--max-requests", "2"
+    )
+    proc: Proc = start_gateway("--config", config, env=keyed_env)
     status, error = await call(proc.url, key, chat_body("alias", stream=False))
     assert status == 403 and error["error"]["type"] == "permission_error"
     statuses = [(await call(proc.url, key, chat_body("mock-gpt", stream=False)))[0] for _ in "abc"]
@@ -72,13 +67,13 @@ async def test_model_limits_and_max_requests(
 
 
 async def test_revocation_takes_effect_within_the_cache_ttl(
-    start_gateway, env: dict[str, str]
+    start_gateway, keyed_env: dict[str, str]
 ) -> None:  # type: ignore[no-untyped-def]
     """A key revoked from the CLI stops working on a running gateway within 5 s."""
-    key_id, key = create_key(env)
-    proc: Proc = start_gateway(env=env)
+    key_id, key = create_key(keyed_env)
+    proc: Proc = start_gateway(env=keyed_env)
     assert (await call(proc.url, key, chat_body(stream=False)))[0] == 200
-    assert run_cli("keys", "revoke", key_id, env=env).returncode == 0
+    assert run_cli("keys", "revoke", key_id, env=keyed_env).returncode == 0
     started = time.monotonic()
     while (await call(proc.url, key, chat_body(stream=False)))[0] == 200:
         assert time.monotonic() - started < 7
@@ -86,9 +81,9 @@ async def test_revocation_takes_effect_within_the_cache_ttl(
     assert (await call(proc.url, key, chat_body(stream=False)))[0] == 401
 
 
-async def test_admin_api(start_gateway, env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+async def test_admin_api(start_gateway, keyed_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     """The master key manages keys over HTTP; anything else gets 401."""
-    proc: Proc = start_gateway(env={**env, "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.3"})
+    proc: Proc = start_gateway(env={**keyed_env, "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.3"})
     admin = {"Authorization": f"Bearer {MASTER_KEY}"}
     async with aiohttp.ClientSession() as session:
         async with session.get(proc.url + "/admin/keys") as r:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import MASTER_KEY, Proc, create_key, write_config
+from tests.conftest import Proc, create_key, write_config
 from tests.functional.client import chat_body
 from tests.functional.test_shared_store import metric, scrape
 from tests.redis_server import RedisServer, redis_prefix, redis_server, redis_url
@@ -22,20 +22,13 @@ URL = "/v1/chat/completions"
 
 
 @pytest.fixture
-def sqlite_env(tmp_path: Path) -> dict[str, str]:
+def redis_env(redis_url: str, redis_prefix: str, keyed_env: dict[str, str]) -> dict[str, str]:
+    """Keys in the suite's Redis, with a short store timeout."""
     return {
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-    }
-
-
-@pytest.fixture
-def redis_env(redis_url: str, redis_prefix: str) -> dict[str, str]:
-    return {
+        **keyed_env,
         "LLM_GATEWAY_REDIS_URL": redis_url,
         "LLM_GATEWAY_STORE__REDIS_PREFIX": redis_prefix,
         "LLM_GATEWAY_STORE__TIMEOUT": "0.5",
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
     }
 
 
@@ -100,12 +93,12 @@ async def test_rpm_is_exact_across_two_workers_on_redis(
 
 
 async def test_token_budget_is_overshot_by_at_most_one_request(
-    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, sqlite_env: dict[str, str]
+    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:
     """Estimates are booked at admission and settled with real usage: the budget holds."""
-    _, key = create_key(sqlite_env, "--tpm", "3000")
+    _, key = create_key(keyed_env, "--tpm", "3000")
     gateway: Proc = start_gateway(
-        "--config", str(write_config(tmp_path, mock_upstream.url)), env=sqlite_env
+        "--config", str(write_config(tmp_path, mock_upstream.url)), env=keyed_env
     )
     # The mock is told to ignore max_tokens, so each answer is larger than its estimate.
     body = chat_body(
@@ -191,14 +184,14 @@ async def test_ip_and_global_limits_without_redis(
 
 
 async def test_worker_cap_and_per_key_concurrency(
-    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, sqlite_env: dict[str, str]
+    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:
     """Beyond max_in_flight an immediate 503; beyond a key's concurrent limit a 429."""
-    _, key_a = create_key(sqlite_env)
-    _, key_b = create_key(sqlite_env)
+    _, key_a = create_key(keyed_env)
+    _, key_b = create_key(keyed_env)
     config = write_config(tmp_path, mock_upstream.url, server="  max_in_flight: 3")
     config.write_text(config.read_text() + "limits: {key_concurrent: 2}\n")
-    gateway: Proc = start_gateway("--config", str(config), env=sqlite_env)
+    gateway: Proc = start_gateway("--config", str(config), env=keyed_env)
     slow = chat_body("mock-gpt", mock={"chunks": 10, "delay": 0.2})  # a 2 s stream
     fast = chat_body("mock-gpt", stream=False)
 

@@ -11,7 +11,7 @@ import aiohttp
 import openai
 
 from gateway.mock.behaviour import MOCK_MODELS
-from tests.conftest import MASTER_KEY, Proc, create_key, free_port, wait_for_log
+from tests.conftest import Proc, create_key, free_port, wait_for_log
 
 
 async def get(url: str, key: str | None = None) -> tuple[int, Any]:
@@ -57,21 +57,18 @@ async def test_a_limited_key_sees_only_its_models(
     start_gateway,  # type: ignore[no-untyped-def]
     mock_upstream: Proc,
     tmp_path: Path,
+    keyed_env: dict[str, str],
 ) -> None:
     """A key limited to some models sees only those in the list and gets 404 for the others."""
-    env = {
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-    }
     # keys create checks --models against a configuration: one passing every name through.
     passthrough = tmp_path / "passthrough.yaml"
     passthrough.write_text(
         f'deployments: {{up: {{base_url: "{mock_upstream.url}/v1"}}}}\n'
         'models: {"*": {deployments: [up]}}\n'
     )
-    _, limited = create_key(env, "--config", str(passthrough), "--models", "mock-gpt")
-    _, unlimited = create_key(env)
-    proc: Proc = start_gateway("--upstream", mock_upstream.url + "/v1", env=env)
+    _, limited = create_key(keyed_env, "--config", str(passthrough), "--models", "mock-gpt")
+    _, unlimited = create_key(keyed_env)
+    proc: Proc = start_gateway("--upstream", mock_upstream.url + "/v1", env=keyed_env)
     assert await listed(proc.url, unlimited, want=3) == list(MOCK_MODELS)
     assert await listed(proc.url, limited) == ["mock-gpt"]
     status, _ = await get(proc.url + "/v1/models/mock-embed", limited)

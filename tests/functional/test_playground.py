@@ -291,15 +291,13 @@ async def test_stop_ends_the_answer_and_the_upstream_request(
 
 
 async def test_key_reloads_models_and_no_model_is_explained(
-    browser: Browser, start_gateway: Any, tmp_path: Path
+    browser: Browser, start_gateway: Any, keyed_env: dict[str, str]
 ) -> None:
     """A gateway that needs a key says so; entering the key loads the models it may use."""
-    from tests.conftest import MASTER_KEY, create_key
+    from tests.conftest import create_key
 
-    env = {"LLM_GATEWAY_STORE__PATH": str(tmp_path / "keys.sqlite3"),
-           "LLM_GATEWAY_MASTER_KEY": MASTER_KEY}  # fmt: skip
-    _, key = create_key(env)
-    gateway: Proc = start_gateway(env=env)
+    _, key = create_key(keyed_env)
+    gateway: Proc = start_gateway(env=keyed_env)
     page = await browser.new_page()
     await page.goto(gateway.url + "/")
     await page.wait_for_function("document.querySelector('#status').textContent.includes('key')")

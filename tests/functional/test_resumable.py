@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.mock.answer import expected_text
-from tests.conftest import MASTER_KEY, Proc, create_key, write_config
+from tests.conftest import Proc, create_key, write_config
 from tests.event_stream import Event, EventStreamParser
 from tests.functional.client import chat_body
 from tests.functional.test_accounting import totals, usage_rows, wait_for_requests
@@ -94,13 +94,18 @@ async def upstream_records(gateway: Proc) -> list[dict[str, Any]]:
 
 
 async def test_resume_across_two_workers_on_redis(
-    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, redis_url: str, redis_prefix: str
+    start_gateway: Any,
+    mock_upstream: Proc,
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    keyed_env: dict[str, str],
 ) -> None:
     """Produced by one instance, resumed through another that shares the Redis."""
     env = {
+        **keyed_env,
         "LLM_GATEWAY_REDIS_URL": redis_url,
         "LLM_GATEWAY_STORE__REDIS_PREFIX": redis_prefix,
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
     }
     _, key = create_key(env)
     _, other_key = create_key(env)
@@ -130,14 +135,10 @@ async def test_resume_across_two_workers_on_redis(
 
 
 async def test_resume_by_another_key_is_refused_and_expired_is_204(
-    start_gateway: Any, mock_upstream: Proc, tmp_path: Path
+    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:
     """Another key may not resume or cancel (403); a bad id is 400; after retention it is 204."""
-    env = {
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "s.sqlite3"),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-        "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.5",
-    }
+    env = {**keyed_env, "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.5"}
     _, key = create_key(env)
     _, other_key = create_key(env)
     config = write_config(tmp_path, mock_upstream.url)
@@ -216,15 +217,15 @@ async def test_explicit_cancel_stops_the_generation(gateway_on_mock: Proc) -> No
 
 @pytest.mark.parametrize("configured", ["model", "key", "all"])
 async def test_resumable_by_configuration(
-    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, configured: str
+    start_gateway: Any,
+    mock_upstream: Proc,
+    tmp_path: Path,
+    keyed_env: dict[str, str],
+    configured: str,
 ) -> None:
     """Streams are resumable by model, key or for all by configuration; a client can opt out."""
-    env = {
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "s.sqlite3"),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-    }
-    key_id, key = create_key(env)
-    _, other_key = create_key(env)
+    key_id, key = create_key(keyed_env)
+    _, other_key = create_key(keyed_env)
     setting = {
         "model": "streams: {models: [mock-gpt]}",
         "key": f"streams: {{keys: [{key_id}]}}",
@@ -232,7 +233,7 @@ async def test_resumable_by_configuration(
     }[configured]
     config = write_config(tmp_path, mock_upstream.url)
     config.write_text(config.read_text() + setting + "\n")
-    gateway: Proc = start_gateway("--config", str(config), env=env)
+    gateway: Proc = start_gateway("--config", str(config), env=keyed_env)
     auth = {"Authorization": f"Bearer {key}"}
     async with aiohttp.ClientSession() as session:
         first = request_body("x", chunks=3)

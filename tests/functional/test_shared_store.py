@@ -41,15 +41,19 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 async def test_redis_outage_of_30_s_under_load_loses_nothing(
-    start_gateway, redis_server: RedisServer | None, redis_url: str, redis_prefix: str
+    start_gateway,
+    redis_server: RedisServer | None,
+    redis_url: str,
+    redis_prefix: str,
+    keyed_env: dict[str, str],
 ) -> None:  # type: ignore[no-untyped-def]
     """Requests keep being served while Redis is down for 30 s; every event lands after."""
     assert redis_server is not None, "needs the suite's own redis-server (unset REDIS_URL)"
     env = {
+        **keyed_env,
         "LLM_GATEWAY_REDIS_URL": redis_url,
         "LLM_GATEWAY_STORE__REDIS_PREFIX": redis_prefix,
         "LLM_GATEWAY_STORE__TIMEOUT": "0.5",
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
         "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "1",
     }
     _, key = create_key(env)
@@ -100,14 +104,12 @@ async def test_metrics_are_summed_over_workers(start_gateway) -> None:  # type: 
 
 
 async def test_secrets_never_appear_in_logs_errors_metrics_or_store(
-    start_gateway, mock_upstream: Proc, tmp_path: Path
+    start_gateway, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:  # type: ignore[no-untyped-def]
     """Canary client, upstream and master keys appear nowhere the gateway writes or answers."""
     upstream_canary = "sk-upstream-CANARY-7f3a9c1e5b"
-    store = tmp_path / "store.sqlite3"
     env = {
-        "LLM_GATEWAY_STORE__PATH": str(store),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
+        **keyed_env,
         "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.3",
         "UPSTREAM_CANARY": upstream_canary,
     }

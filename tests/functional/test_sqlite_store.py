@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import MASTER_KEY, Proc, create_key
+from tests.conftest import Proc, create_key
 from tests.functional.client import chat_body
 
 LOCKER = """
@@ -25,14 +25,13 @@ db.execute("ROLLBACK")
 
 
 async def test_key_lookups_do_not_wait_behind_a_blocked_flush(
-    start_gateway, tmp_path: Path
+    start_gateway, keyed_env: dict[str, str]
 ) -> None:  # type: ignore[no-untyped-def]
     """While another process holds the write lock for 4 s, flushes wait for it, yet requests
     whose key must be looked up again keep answering fast; the waiting events land afterwards."""
-    store = tmp_path / "store.sqlite3"
+    store = Path(keyed_env["LLM_GATEWAY_STORE__PATH"])
     env = {
-        "LLM_GATEWAY_STORE__PATH": str(store),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
+        **keyed_env,
         "LLM_GATEWAY_AUTH__CACHE_TTL": "0.05",  # nearly every request looks its key up
         "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.2",
     }

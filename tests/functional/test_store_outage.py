@@ -8,7 +8,6 @@ import signal
 import statistics
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -47,12 +46,12 @@ def p99(samples: list[float]) -> float:
 
 
 async def test_a_frozen_store_costs_known_keys_nothing(
-    frozen_redis: RedisServer, start_gateway, tmp_path: Path
+    frozen_redis: RedisServer, start_gateway, keyed_env: dict[str, str]
 ) -> None:  # type: ignore[no-untyped-def]
     """After one store call fails, known keys answer from the cache within 50 ms of normal p99."""
     env = {
+        **keyed_env,
         "LLM_GATEWAY_REDIS_URL": frozen_redis.url,
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
         "LLM_GATEWAY_AUTH__CACHE_TTL": "0.3",  # the key cache expires often during the outage
     }
     _, key = create_key(env)
