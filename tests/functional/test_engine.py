@@ -15,16 +15,16 @@ import pytest
 
 from tests.conftest import Proc
 from tests.functional.client import chat_body, read_stream
-from tests.misbehaving_upstream import ConnectionCounter, MisbehavingUpstream
+from tests.hostile_upstream import ConnectionCounter, HostileUpstream
 
 CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture
-async def odd() -> AsyncIterator[MisbehavingUpstream]:
+async def odd() -> AsyncIterator[HostileUpstream]:
     counter = ConnectionCounter()
     await counter.start()
-    server = MisbehavingUpstream(redirect_to=f"http://127.0.0.1:{counter.port}/steal")
+    server = HostileUpstream(redirect_to=f"http://127.0.0.1:{counter.port}/steal")
     server.counter = counter  # type: ignore[attr-defined]
     await server.start()
     yield server
@@ -33,8 +33,8 @@ async def odd() -> AsyncIterator[MisbehavingUpstream]:
 
 
 @pytest.fixture
-def gateway_on_odd(start_gateway, odd: MisbehavingUpstream, tmp_path: Path) -> Proc:  # type: ignore[no-untyped-def]
-    """A gateway whose only deployment is the misbehaving upstream (first event within 1 s)."""
+def gateway_on_odd(start_gateway, odd: HostileUpstream, tmp_path: Path) -> Proc:  # type: ignore[no-untyped-def]
+    """A gateway whose only deployment is the hostile upstream (first event within 1 s)."""
     path = tmp_path / "odd.yaml"
     path.write_text(
         f"""
@@ -58,7 +58,7 @@ async def stream_text(proc: Proc) -> tuple[int, Any]:
 
 @pytest.mark.parametrize("behaviour", ["reset", "silent", "garbage"])
 async def test_a_stream_that_breaks_before_its_first_event_is_retried(
-    gateway_on_odd: Proc, odd: MisbehavingUpstream, behaviour: str
+    gateway_on_odd: Proc, odd: HostileUpstream, behaviour: str
 ) -> None:
     """200 with event-stream headers and then a reset, silence past first_byte or garbage is
     retried like a refused connection: the client sees one clean stream."""
@@ -72,7 +72,7 @@ async def test_a_stream_that_breaks_before_its_first_event_is_retried(
 
 
 async def test_a_stream_that_always_breaks_ends_as_a_real_status(
-    gateway_on_odd: Proc, odd: MisbehavingUpstream
+    gateway_on_odd: Proc, odd: HostileUpstream
 ) -> None:
     """When every attempt breaks before the first event the client gets an HTTP error status."""
     odd.plan.extend(["reset", "reset", "reset"])
@@ -85,7 +85,7 @@ async def test_a_stream_that_always_breaks_ends_as_a_real_status(
 @pytest.mark.parametrize("behaviour", ["redirect", "redirect-302"])
 @pytest.mark.parametrize("stream", [True, False])
 async def test_a_redirect_is_never_followed(
-    gateway_on_odd: Proc, odd: MisbehavingUpstream, behaviour: str, stream: bool
+    gateway_on_odd: Proc, odd: HostileUpstream, behaviour: str, stream: bool
 ) -> None:
     """A 3xx is an upstream error: the prompt never reaches the host it names."""
     odd.plan.extend([behaviour] * 3)
@@ -97,7 +97,7 @@ async def test_a_redirect_is_never_followed(
 
 
 async def test_a_compressed_answer_is_refused_not_inflated(
-    gateway_on_odd: Proc, odd: MisbehavingUpstream
+    gateway_on_odd: Proc, odd: HostileUpstream
 ) -> None:
     """The gateway asks for identity; a gzip body anyway is a protocol error."""
     odd.plan.extend(["gzip"] * 3)

@@ -107,7 +107,15 @@ async def test_no_canary_in_any_error_body_log_line_or_metric(hostile_gateway) -
     auth = {"Authorization": f"Bearer {key}"}
     url = proc.url + "/v1/chat/completions"
     answers: list[bytes] = []
-    for model in ("echo-401", "echo-403", "echo-400", "echo-500-text", "reset", "redirect", "ok"):
+    for model in (
+        "echo-401",
+        "echo-403",
+        "echo-400",
+        "echo-500-text",
+        "reset-before-answer",
+        "redirect",
+        "ok",
+    ):
         for stream in (False, True):
             answers.append((await post(url, chat_body(model, stream=stream), auth))[1])
     for model in ("echo-stream", "reset-mid-stream"):
