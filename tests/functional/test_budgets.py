@@ -41,14 +41,6 @@ def priced_config(tmp_path: Path, mock_url: str) -> Path:
     return path
 
 
-def store_env(tmp_path: Path) -> dict[str, str]:
-    """The test's own SQLite store, for the CLI and the gateway alike."""
-    return {
-        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "store.sqlite3"),
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
-    }
-
-
 def content_events(read: StreamRead) -> int:
     """Events that carried text, counted from the client's own bytes."""
     return sum(
@@ -64,16 +56,21 @@ def errors_in(read: StreamRead) -> list[dict[str, Any]]:
 
 
 async def test_twenty_streams_of_one_key_on_two_workers_stay_within_one_lease_each(
-    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, redis_url: str, redis_prefix: str
+    start_gateway: Any,
+    mock_upstream: Proc,
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    keyed_env: dict[str, str],
 ) -> None:
     """20 concurrent streams, a $1 budget (10 whole answers), 2 workers sharing Redis: the key
     spends its budget and at most one lease more per stream; each cut stream ends with one
     budget_exceeded event and no [DONE], and its upstream is cancelled within a second; the
     ledger holds exactly what the clients received, at the table's price."""
     env = {
+        **keyed_env,
         "LLM_GATEWAY_REDIS_URL": redis_url,
         "LLM_GATEWAY_STORE__REDIS_PREFIX": redis_prefix,
-        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
         "LLM_GATEWAY_SHED_LAG": "10",
     }
     budget = 10 * ANSWER_TOKENS * OUTPUT_USD
@@ -154,16 +151,17 @@ async def test_twenty_streams_of_one_key_on_two_workers_stay_within_one_lease_ea
 
 
 async def test_budgets_at_admission_json_answers_and_the_cache(
-    start_gateway: Any, mock_upstream: Proc, tmp_path: Path
+    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:
     """Without Redis (one worker's ledger): JSON answers are charged their usage, a cache hit
     draws nothing, a token budget refuses once spent, and keys without budgets are untouched."""
-    env = store_env(tmp_path)
     # $0.25: two 100-token answers fit, the third one does not.
-    _, key = create_key(env, "--budget-usd", "0.25/month", "--budget-tokens", "100000/lifetime")
-    _, free = create_key(env)
+    _, key = create_key(
+        keyed_env, "--budget-usd", "0.25/month", "--budget-tokens", "100000/lifetime"
+    )
+    _, free = create_key(keyed_env)
     gateway: Proc = start_gateway(
-        "--config", str(priced_config(tmp_path, mock_upstream.url)), env=env
+        "--config", str(priced_config(tmp_path, mock_upstream.url)), env=keyed_env
     )
     answer = chat_body("mock-gpt", stream=False, mock={"chunks": ANSWER_TOKENS})
     cached = {**answer, "temperature": 0, "messages": [{"role": "user", "content": "same"}]}
@@ -186,7 +184,7 @@ async def test_budgets_at_admission_json_answers_and_the_cache(
             status, _, _ = await post(session, gateway.url + URL, answer, auth(free))
             assert status == 200
     # A cache hit costs nothing and draws nothing (cache entries are per key by default).
-    _, third = create_key(env, "--budget-tokens", "150/day")
+    _, third = create_key(keyed_env, "--budget-tokens", "150/day")
     async with aiohttp.ClientSession() as session:
         status, headers, _ = await post(session, gateway.url + URL, cached, auth(third))
         assert status == 200 and headers["X-Gateway-Cache"] == "stored"
@@ -201,19 +199,18 @@ async def test_budgets_at_admission_json_answers_and_the_cache(
 
 
 async def test_budgets_in_the_cli_and_the_admin_api(
-    start_gateway: Any, mock_upstream: Proc, tmp_path: Path
+    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:
     """`keys create --budget-usd/--budget-tokens`, `keys show`, and the same in /admin/keys."""
-    env = store_env(tmp_path)
-    key_id, _ = create_key(env, "--budget-usd", "25/month", "--budget-usd", "2/day",
+    key_id, _ = create_key(keyed_env, "--budget-usd", "25/month", "--budget-usd", "2/day",
                            "--budget-tokens", "100000/day")  # fmt: skip
-    shown = run_cli("keys", "show", key_id, env=env)
+    shown = run_cli("keys", "show", key_id, env=keyed_env)
     assert shown.returncode == 0, shown.stderr
     assert "$25/month, $2/day, 100000 tokens/day" in shown.stdout
-    bad = run_cli("keys", "create", "--name", "x", "--budget-usd", "5/week", env=env)
+    bad = run_cli("keys", "create", "--name", "x", "--budget-usd", "5/week", env=keyed_env)
     assert bad.returncode == 2 and "--budget-usd" in bad.stderr and "week" in bad.stderr
     gateway: Proc = start_gateway(
-        "--config", str(priced_config(tmp_path, mock_upstream.url)), env=env
+        "--config", str(priced_config(tmp_path, mock_upstream.url)), env=keyed_env
     )
     admin = {"Authorization": f"Bearer {MASTER_KEY}"}
     async with aiohttp.ClientSession() as session:
@@ -245,14 +242,13 @@ async def test_budgets_in_the_cli_and_the_admin_api(
 
 
 async def test_a_cut_stream_ends_in_the_clients_dialect(
-    start_gateway: Any, mock_upstream: Proc, tmp_path: Path
+    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:
     """An Anthropic Messages client's stream is cut with one Anthropic ``error`` event, the
     budget named in its message, and no ``message_stop``."""
-    env = store_env(tmp_path)
-    _, key = create_key(env, "--budget-usd", "0.05/day")  # 50 output tokens
+    _, key = create_key(keyed_env, "--budget-usd", "0.05/day")  # 50 output tokens
     gateway: Proc = start_gateway(
-        "--config", str(priced_config(tmp_path, mock_upstream.url)), env=env
+        "--config", str(priced_config(tmp_path, mock_upstream.url)), env=keyed_env
     )
     body = {
         "model": "mock-gpt", "max_tokens": 500, "stream": True,
