@@ -136,7 +136,9 @@ async def test_client_that_stops_reading_is_dropped(
     proc: Proc = start_gateway(
         "--config", str(config), env={"LLM_GATEWAY_WRITE_STALL_TIMEOUT": "1"}
     )
-    payload = orjson.dumps(chat_body("mock-gpt", mock={"chunks": 50000, "chunk_size": 20}))
+    # About 50 MB: far more than the loopback socket buffers between the mock and the gateway
+    # hold (several MB each way), so the mock cannot finish writing before the stall is noticed.
+    payload = orjson.dumps(chat_body("mock-gpt", mock={"chunks": 50000, "chunk_size": 150}))
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", proc.port))
