@@ -281,7 +281,7 @@ class BusConsumer:
             if entry_id in self._pending or not fields:
                 continue
             try:
-                self._pending[entry_id] = StatsEvent(**orjson.loads(fields["e"]))
+                self._pending[entry_id] = StatsEvent.from_dict(orjson.loads(fields["e"]))
             except (KeyError, TypeError, orjson.JSONDecodeError):
                 log.error("unreadable usage bus entry; acknowledged and skipped",
                           extra={"entry": entry_id})  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import sys
 import time
@@ -293,11 +292,28 @@ def usage(
             raise click.BadParameter("expected YYYY-MM-DD", param_hint="--since") from None
     rows = _run(manage.usage(_load(config_path), key_id=key_id, model=model, since=since))
     if as_json:
-        click.echo(orjson.dumps([dataclasses.asdict(r) for r in rows]).decode())
+        click.echo(orjson.dumps([r.view() for r in rows]).decode())
         return
-    columns = ("day", "key_id", "model", "requests", "prompt_tokens", "completion_tokens",
-               "estimated_requests", "cache_hits", "errors")  # fmt: skip
-    _table(columns, [[str(getattr(r, c)) for c in columns] for r in rows])
+    _table(USAGE_COLUMNS, [_usage_cells(r.view()) for r in rows])
+    if any(r.estimated_cost_nanousd or r.unknown_cost_requests for r in rows):
+        click.echo("cost_usd: ~ part estimated (the upstream reported no usage); "
+                   "+N? requests of models without a price, not in it")  # fmt: skip
+
+
+USAGE_COLUMNS = (
+    "day", "key_id", "model", "requests", "prompt_tokens", "completion_tokens",
+    "estimated_requests", "cache_hits", "errors", "cost_usd", "hedge_cost_usd",
+)  # fmt: skip
+
+
+def _usage_cells(view: dict[str, Any]) -> list[str]:
+    """A usage row's table cells; its cost says when part of it is estimated or unknown."""
+    cost = f"{view['cost_usd']:.6f}"
+    if view["estimated_cost_usd"]:
+        cost = "~" + cost
+    if view["unknown_cost_requests"]:
+        cost += f" +{view['unknown_cost_requests']}?"
+    return [*(str(view[c]) for c in USAGE_COLUMNS[:-2]), cost, f"{view['hedge_cost_usd']:.6f}"]
 
 
 def _shown(value: object) -> str:

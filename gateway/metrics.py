@@ -75,6 +75,23 @@ HEDGE_PROMPT_TOKENS = Counter(
     "Prompt tokens of hedged requests that were cancelled (paid for nothing), estimated, by model.",
     ["model"],
 )
+HEDGE_COST = Counter(
+    "llm_gateway_hedge_cost_usd_total",
+    "USD paid for the prompts of cancelled hedges (estimated tokens at the price table), by model.",
+    ["model"],
+)
+HEDGE_TIME_SAVED = Counter(
+    "llm_gateway_hedge_time_saved_seconds_total",
+    "Time to first event saved by hedges that won, estimated from the first attempt's deployment"
+    " (its recent times to first event later than the win; 0 when it has none), by model.",
+    ["model"],
+)
+SPEND = Counter(
+    "llm_gateway_spend_usd_total",
+    "USD spent on upstream answers at the price table (exact or estimated tokens; cache hits"
+    " and models without a price add nothing), by model and key.",
+    ["model", "key"],
+)
 LOOP_LAG = Gauge(
     "llm_gateway_loop_lag_seconds",
     "How late the worker's event loop runs its timers (decaying peak), worst worker.",

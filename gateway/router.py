@@ -97,6 +97,15 @@ class DeploymentHealth:
         ordered = sorted(self.recent)
         return ordered[int(0.95 * (len(ordered) - 1))]
 
+    def wait_beyond(self, waited: float) -> float:
+        """How much longer than ``waited`` a first event takes here, on average of the recent
+        ones that took longer (0 when none did): what a hedge that won at ``waited`` saved.
+
+        An estimate, and a low one: a first attempt a hedge beat was cancelled, so the window
+        holds only how long it had waited by then (a lower bound), not its real time."""
+        later = [seconds - waited for seconds in self.recent if seconds > waited]
+        return sum(later) / len(later) if later else 0.0
+
 
 @dataclass(slots=True)
 class Attempt:
@@ -407,7 +416,8 @@ class Router:
                     if error is None:
                         if primary_error is not None:
                             self._judge(attempt.health, key, primary_error, counted)
-                        return self._won(task, primary, racers, extra, self._clock() - started)
+                        elapsed = self._clock() - started
+                        return self._won(task, primary, racers, extra, elapsed, attempt)
                     if not isinstance(error, GatewayError):
                         raise error
                     if task is primary:
@@ -469,6 +479,7 @@ class Router:
         racers: dict[asyncio.Future[Opened], tuple[DeploymentHealth, str]],
         extra: int,
         elapsed: float,
+        first: Attempt,
     ) -> Opened:
         opened = winner.result()
         if primary in racers:
@@ -480,8 +491,12 @@ class Router:
         opened.hedges_lost = len(racers)  # still running: cancelled, their prompt paid
         if extra == 0:
             metrics.HEDGES.labels("not_needed").inc()
+        elif winner is primary:
+            metrics.HEDGES.labels("lost").inc()
         else:
-            metrics.HEDGES.labels("won" if winner is not primary else "lost").inc()
+            metrics.HEDGES.labels("won").inc()
+            saved = first.health.wait_beyond(elapsed)
+            metrics.HEDGE_TIME_SAVED.labels(first.route.name).inc(saved)
         return opened
 
     def _failed(self, health: DeploymentHealth, counted: set[str]) -> None:

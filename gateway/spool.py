@@ -80,7 +80,7 @@ def read_spool(path: Path, *, now: float | None = None) -> Recovery:
                 begun[line["p"]].update(line)
         elif "e" in line:
             try:
-                event = StatsEvent(**line["e"])
+                event = StatsEvent.from_dict(line["e"])
             except TypeError:
                 log.error("unreadable event in a spool; skipped", extra={"spool": str(path)})
                 continue

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
 
 from gateway.budget import Budget
 
@@ -61,6 +62,18 @@ class StatsEvent:
     termination: str
     ts: float  # unix seconds
     event_id: str = field(default_factory=new_event_id)
+    # What it cost in USD at the upstream model's price; None when unknown (a model without a
+    # price, or an event from before spend was accounted). Exact when the tokens were reported.
+    cost_usd: float | None = None
+    cost_exact: bool = False
+    # The prompts of cancelled hedges (estimated tokens at the same price): paid for nothing.
+    hedge_cost_usd: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StatsEvent:
+        """An event from its JSON form (spool, bus): fields it does not know are ignored, so a
+        line written by a newer gateway still loads; missing optional ones take their defaults."""
+        return cls(**{name: data[name] for name in _EVENT_FIELDS if name in data})
 
     @property
     def is_error(self) -> bool:
@@ -73,6 +86,15 @@ class StatsEvent:
         return time.strftime("%Y-%m-%d", time.gmtime(self.ts))
 
 
+_EVENT_FIELDS = frozenset(f.name for f in fields(StatsEvent))
+NANO = 1_000_000_000  # rollups keep money in integer nano-USD: exact sums, HINCRBY-able
+
+
+def nano_usd(usd: float) -> int:
+    """USD as whole nano-USD (each event rounded once, so every store sums the same integers)."""
+    return round(usd * NANO)
+
+
 # The counters kept per (key, model, day), and those also kept for a key's lifetime.
 USAGE_COUNTERS = (
     "requests",
@@ -81,6 +103,10 @@ USAGE_COUNTERS = (
     "estimated_requests",
     "cache_hits",
     "errors",
+    "cost_nanousd",  # requests whose cost is known, cache hits at 0
+    "estimated_cost_nanousd",  # the part of it computed from estimated tokens
+    "unknown_cost_requests",  # requests without a price for their model: not in cost
+    "hedge_cost_nanousd",  # prompts of cancelled hedges, estimated: not in cost
 )
 KEY_COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "cache_hits", "errors")
 
@@ -98,6 +124,10 @@ class UsageDelta:
     estimated_requests: int = 0  # requests whose tokens were estimated, not reported upstream
     cache_hits: int = 0
     errors: int = 0
+    cost_nanousd: int = 0
+    estimated_cost_nanousd: int = 0
+    unknown_cost_requests: int = 0
+    hedge_cost_nanousd: int = 0
     last_used: float = 0.0  # unix seconds of the newest request in the batch
 
 
@@ -114,7 +144,30 @@ class UsageRow:
     estimated_requests: int = 0
     cache_hits: int = 0
     errors: int = 0
+    cost_nanousd: int = 0
+    estimated_cost_nanousd: int = 0
+    unknown_cost_requests: int = 0
+    hedge_cost_nanousd: int = 0
     last_used: float = 0.0
+
+    def view(self) -> dict[str, Any]:
+        """The row as the CLI and the admin API show it: money in USD, not nano-USD."""
+        return {
+            "day": self.day,
+            "key_id": self.key_id,
+            "model": self.model,
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "estimated_requests": self.estimated_requests,
+            "cache_hits": self.cache_hits,
+            "errors": self.errors,
+            "cost_usd": self.cost_nanousd / NANO,
+            "estimated_cost_usd": self.estimated_cost_nanousd / NANO,
+            "unknown_cost_requests": self.unknown_cost_requests,
+            "hedge_cost_usd": self.hedge_cost_nanousd / NANO,
+            "last_used": self.last_used,
+        }
 
 
 @dataclass(slots=True)
@@ -144,6 +197,13 @@ def aggregate(events: list[StatsEvent]) -> list[UsageDelta]:
         delta.estimated_requests += 0 if event.tokens_exact else 1
         delta.cache_hits += 1 if event.cache_hit else 0
         delta.errors += 1 if event.is_error else 0
+        if event.cost_usd is None:
+            delta.unknown_cost_requests += 1
+        else:
+            cost = nano_usd(event.cost_usd)
+            delta.cost_nanousd += cost
+            delta.estimated_cost_nanousd += 0 if event.cost_exact else cost
+        delta.hedge_cost_nanousd += nano_usd(event.hedge_cost_usd)
         delta.last_used = max(delta.last_used, event.ts)
     return [deltas[key] for key in sorted(deltas)]
 

@@ -77,6 +77,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     (3, "ALTER TABLE keys ADD COLUMN budgets TEXT;"),
+    (
+        4,
+        """
+        ALTER TABLE usage_daily
+            ADD COLUMN cost_nanousd BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN estimated_cost_nanousd BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN unknown_cost_requests BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN hedge_cost_nanousd BIGINT NOT NULL DEFAULT 0;
+        ALTER TABLE usage_events
+            ADD COLUMN cost_usd DOUBLE PRECISION,
+            ADD COLUMN cost_exact BOOLEAN NOT NULL DEFAULT false,
+            ADD COLUMN hedge_cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 _KEY_COLUMNS = (
@@ -88,6 +102,7 @@ _EVENT_COLUMNS = (
     ("deployment", "text"), ("route", "text"), ("status", "int"), ("termination", "text"),
     ("prompt_tokens", "bigint"), ("completion_tokens", "bigint"), ("tokens_exact", "bool"),
     ("cache_hit", "bool"), ("latency_ms", "float8"), ("ttfb_ms", "float8"), ("ts", "float8"),
+    ("cost_usd", "float8"), ("cost_exact", "bool"), ("hedge_cost_usd", "float8"),
 )  # fmt: skip
 # Every event in one statement; RETURNING names the ids that were new.
 _ARRAYS = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_EVENT_COLUMNS, 1))
@@ -98,7 +113,8 @@ _INSERT_EVENTS = (
 )
 _UPSERT_DAILY = (
     f"INSERT INTO usage_daily (key_id, model, day, {', '.join(USAGE_COUNTERS)}, last_used) "
-    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (key_id, model, day) DO UPDATE SET "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(USAGE_COUNTERS) + 5))}) "
+    "ON CONFLICT (key_id, model, day) DO UPDATE SET "
     + ", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in USAGE_COUNTERS)
     + ", last_used = greatest(usage_daily.last_used, excluded.last_used)"
 )
@@ -311,8 +327,8 @@ async def _record_events(db: asyncpg.Connection, events: list[StatsEvent]) -> in
     if deltas:
         await db.executemany(
             _UPSERT_DAILY,
-            [(d.key_id, d.model, d.day, d.requests, d.prompt_tokens, d.completion_tokens,
-              d.estimated_requests, d.cache_hits, d.errors, d.last_used) for d in deltas],
+            [(d.key_id, d.model, d.day, *(getattr(d, c) for c in USAGE_COUNTERS), d.last_used)
+             for d in deltas],
         )  # fmt: skip
         await db.executemany(
             _UPSERT_COUNTERS,

@@ -51,7 +51,10 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     requests INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0, estimated_requests INTEGER NOT NULL DEFAULT 0,
     cache_hits INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
-    last_used REAL NOT NULL DEFAULT 0,
+    last_used REAL NOT NULL DEFAULT 0, cost_nanousd INTEGER NOT NULL DEFAULT 0,
+    estimated_cost_nanousd INTEGER NOT NULL DEFAULT 0,
+    unknown_cost_requests INTEGER NOT NULL DEFAULT 0,
+    hedge_cost_nanousd INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, model, day)
 );
 CREATE TABLE IF NOT EXISTS usage_events (
@@ -59,13 +62,30 @@ CREATE TABLE IF NOT EXISTS usage_events (
     deployment TEXT, route TEXT NOT NULL, status INTEGER NOT NULL, termination TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
     tokens_exact INTEGER NOT NULL, cache_hit INTEGER NOT NULL, latency_ms REAL NOT NULL,
-    ttfb_ms REAL, ts REAL NOT NULL
+    ttfb_ms REAL, ts REAL NOT NULL, cost_usd REAL, cost_exact INTEGER NOT NULL DEFAULT 0,
+    hedge_cost_usd REAL NOT NULL DEFAULT 0
 );
 """
+# Columns added after a table was first created: a file made by an older gateway gets them at
+# open (CREATE TABLE IF NOT EXISTS leaves an existing table as it is). Its old rows read as 0.
+_ADDED_COLUMNS = {
+    "keys": ("budgets TEXT",),
+    "usage_daily": (
+        "cost_nanousd INTEGER NOT NULL DEFAULT 0",
+        "estimated_cost_nanousd INTEGER NOT NULL DEFAULT 0",
+        "unknown_cost_requests INTEGER NOT NULL DEFAULT 0",
+        "hedge_cost_nanousd INTEGER NOT NULL DEFAULT 0",
+    ),
+    "usage_events": (
+        "cost_usd REAL",
+        "cost_exact INTEGER NOT NULL DEFAULT 0",
+        "hedge_cost_usd REAL NOT NULL DEFAULT 0",
+    ),
+}
 EVENT_COLUMNS = (
     "event_id", "request_id", "key_id", "model", "deployment", "route", "status", "termination",
     "prompt_tokens", "completion_tokens", "tokens_exact", "cache_hit", "latency_ms", "ttfb_ms",
-    "ts",
+    "ts", "cost_usd", "cost_exact", "hedge_cost_usd",
 )  # fmt: skip
 _INSERT_EVENT = (
     f"INSERT OR IGNORE INTO usage_events ({', '.join(EVENT_COLUMNS)}) "
@@ -75,12 +95,11 @@ _KEY_COLUMNS = (
     "id, name, key_hash, prefix, created_at, models, rpm, tpm, max_requests, expires_at, "
     "revoked_at, budgets"
 )
-# Columns added after a store file may already exist: added on open when missing.
-_ADDED_COLUMNS = (("keys", "budgets", "TEXT"),)
 
 _UPSERT_DAILY = (
     f"INSERT INTO usage_daily (key_id, model, day, {', '.join(USAGE_COUNTERS)}, last_used) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key_id, model, day) DO UPDATE SET "
+    f"VALUES ({', '.join('?' * (len(USAGE_COUNTERS) + 4))}) "
+    "ON CONFLICT (key_id, model, day) DO UPDATE SET "
     + ", ".join(f"{c} = {c} + excluded.{c}" for c in USAGE_COUNTERS)
     + ", last_used = max(last_used, excluded.last_used)"
 )
@@ -126,7 +145,7 @@ class SQLiteStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
-            _add_missing_columns(connection)
+            _add_columns(connection)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open the SQLite store {self._path}: {exc}") from exc
         self._connection = connection
@@ -292,11 +311,8 @@ def _record_events(db: sqlite3.Connection, events: list[StatsEvent]) -> int:
         ordered = sorted(events, key=_event_id)
         fresh = [e for e in ordered if db.execute(_INSERT_EVENT, _row(e)).rowcount]
         for d in aggregate(fresh):
-            db.execute(
-                _UPSERT_DAILY,
-                (d.key_id, d.model, d.day, d.requests, d.prompt_tokens, d.completion_tokens,
-                 d.estimated_requests, d.cache_hits, d.errors, d.last_used),
-            )  # fmt: skip
+            counts = tuple(getattr(d, c) for c in USAGE_COUNTERS)
+            db.execute(_UPSERT_DAILY, (d.key_id, d.model, d.day, *counts, d.last_used))
             db.execute(
                 _UPSERT_COUNTERS,
                 (d.key_id, d.requests, d.prompt_tokens, d.completion_tokens, d.cache_hits,
@@ -309,6 +325,22 @@ def _record_events(db: sqlite3.Connection, events: list[StatsEvent]) -> int:
     return len(fresh)
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Bring a table created by an older gateway up to the current columns (in one write
+    transaction: workers opening the file at once add each column once)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 def _event_id(event: StatsEvent) -> str:
     return event.event_id
 
@@ -317,15 +349,9 @@ def _row(e: StatsEvent) -> tuple[Any, ...]:
     return (
         e.event_id, e.request_id, e.key_id, e.model, e.deployment, e.route, e.status,
         e.termination, e.prompt_tokens, e.completion_tokens, int(e.tokens_exact),
-        int(e.cache_hit), e.latency_ms, e.ttfb_ms, e.ts,
+        int(e.cache_hit), e.latency_ms, e.ttfb_ms, e.ts, e.cost_usd, int(e.cost_exact),
+        e.hedge_cost_usd,
     )  # fmt: skip
-
-
-def _add_missing_columns(connection: sqlite3.Connection) -> None:
-    for table, column, kind in _ADDED_COLUMNS:
-        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-        if column not in present:
-            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _record(row: Any) -> KeyRecord:

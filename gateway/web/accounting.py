@@ -26,6 +26,7 @@ from gateway.config import WILDCARD_MODEL, Config
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.logs import REQUEST_ID
 from gateway.openai import Usage, estimate_prompt_tokens
+from gateway.spend import Cost, hedge_cost, request_cost
 from gateway.spool import Spool
 from gateway.stats import ANONYMOUS_KEY, StatsEvent, UsageSink
 from gateway.store.base import new_event_id
@@ -33,7 +34,7 @@ from gateway.stream import StreamOutcome
 from gateway.trail import TRAIL, Trail
 from gateway.web import access
 from gateway.web.auth import API_KEY
-from gateway.web.keys import CONFIG
+from gateway.web.keys import CONFIG, PRICES
 
 PROGRESS_INTERVAL = 0.5
 # Label values come from closed sets (PITFALLS.md): a raw path or a client-chosen model name as a
@@ -62,7 +63,7 @@ class RequestRecord:
     # A resumable stream outlives its first request: the event waits for this.
     until: asyncio.Future[None] | None = None
     trail: Trail = field(default_factory=Trail)  # attempts, seen by the router
-    cost: float | None = None  # set by spend accounting once it exists; absent from logs till then
+    cost: float | None = None  # USD, set with the event; None (absent from logs) when unknown
     event_id: str = field(default_factory=new_event_id)  # the spool's begin line and the event
 
 
@@ -206,6 +207,11 @@ def _event(request: web.Request, record: RequestRecord, status: int, now: float)
     if usage is None:
         usage = _estimate(record, status)
     first = outcome.first_event_at if outcome else record.answered_at
+    config, prices = request.app[CONFIG], request.app[PRICES]
+    upstream = access.upstream_model(config, record.model, record.trail.served_by)
+    # A cache hit (a coalesced follower is one) called no upstream: it costs nothing.
+    cost = Cost(0.0, True) if record.cache_hit else request_cost(prices, upstream, usage)
+    record.cost = None if cost is None else cost.usd
     return StatsEvent(
         request_id=request.get(REQUEST_ID, ""),
         key_id=key.id if key else ANONYMOUS_KEY,
@@ -222,7 +228,20 @@ def _event(request: web.Request, record: RequestRecord, status: int, now: float)
         termination=_termination(record, status),
         ts=record.ts,
         event_id=record.event_id,
+        cost_usd=record.cost,
+        cost_exact=cost is not None and cost.exact,
+        hedge_cost_usd=hedge_cost(prices, upstream, _hedge_prompt_tokens(record)),
     )
+
+
+def _hedge_prompt_tokens(record: RequestRecord) -> int:
+    """The prompt tokens cancelled hedges were sent (estimated: they never reported usage)."""
+    if record.stream is None or not record.stream.hedges_lost or record.body is None:
+        return 0
+    prompt = record.extra.get("prompt_estimate")
+    if prompt is None:
+        prompt = record.extra["prompt_estimate"] = estimate_prompt_tokens(record.body)
+    return int(record.stream.hedges_lost * prompt)
 
 
 def _estimate(record: RequestRecord, status: int) -> Usage:
@@ -270,12 +289,15 @@ def _observe(route: str, model: str, record: RequestRecord, event: StatsEvent) -
         metrics.PROMPT_TOKENS.labels(model, event.key_id).inc(event.prompt_tokens)
     if event.completion_tokens:
         metrics.COMPLETION_TOKENS.labels(model, event.key_id).inc(event.completion_tokens)
+    if event.cost_usd:
+        metrics.SPEND.labels(model, event.key_id).inc(event.cost_usd)
     if record.stream is not None and event.status < 400:
         metrics.STREAM_TERMINATIONS.labels(event.termination).inc()
-    if record.stream is not None and record.stream.hedges_lost and record.body is not None:
+    lost = _hedge_prompt_tokens(record)
+    if lost:
         # A cancelled hedge was sent its whole prompt: what hedging cost, estimated.
-        lost = record.stream.hedges_lost * estimate_prompt_tokens(record.body)
         metrics.HEDGE_PROMPT_TOKENS.labels(model).inc(lost)
+        metrics.HEDGE_COST.labels(model).inc(event.hedge_cost_usd)
     # Failures before the first byte are counted by the router, per attempt.
     if record.stream is not None and isinstance(record.stream.error, UpstreamError):
         metrics.UPSTREAM_ERRORS.labels(

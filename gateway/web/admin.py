@@ -137,7 +137,7 @@ async def usage(request: web.Request) -> web.Response:
     rows = await request.app[STORE].usage(
         key_id=query.get("key"), model=query.get("model"), since=query.get("since")
     )
-    return _json({"object": "list", "data": [dataclasses.asdict(r) for r in rows]})
+    return _json({"object": "list", "data": [r.view() for r in rows]})
 
 
 def add_admin_routes(app: web.Application) -> None:

@@ -219,7 +219,10 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             return await _serve_hit(request, parsed, entry, cache, decision.paced)
         flight, joined = cache.share(decision, stream=parsed.stream, open_upstream=open_upstream)
         if joined:
+            # A follower calls no upstream: accounted as a cache hit (no cost, no tokens drawn
+            # from its rate limit), with the tokens it was given.
             headers["X-Gateway-Coalesced"] = "true"
+            record.cache_hit = True
         opening = flight.join()
     if parsed.stream:
         return await _stream(request, opening, parsed)
