@@ -37,6 +37,7 @@ class MockBehaviour:
     # ``delay`` kept as a fixed schedule (event n at n * delay) so the mock's own lag never adds up.
     unbatched: bool = False
     cached_tokens: int = 0  # reported as prompt_tokens_details.cached_tokens (at most the prompt)
+    report_usage: bool = True  # False: no usage, as servers ignoring include_usage (OpenAI chat)
     honour_max_tokens: bool = True  # False: answer past max_tokens, as a misbehaving upstream may
     reply: str | None = None  # answer with this text (cut into ``chunks`` pieces), not random words
     # A share of the server's requests whose first byte waits ``slow_first_delay`` instead of

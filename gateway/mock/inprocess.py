@@ -22,6 +22,7 @@ from gateway.errors import (
 from gateway.mock.behaviour import MockBehaviour, MockDisconnect, behaviour_for
 from gateway.mock.dialect import for_path
 from gateway.mock.openai import (
+    as_sent,
     chat_completion,
     chat_stream,
     completion_stream,
@@ -224,7 +225,7 @@ class InProcessProvider:
             if stream:
                 return InProcessResponse(release, chunks=chat_stream(request, behaviour))
             return InProcessResponse(
-                release, body=orjson.dumps(chat_completion(request, behaviour))
+                release, body=orjson.dumps(as_sent(chat_completion(request, behaviour), behaviour))
             )
         if path == "/completions":
             if stream:

@@ -86,7 +86,7 @@ def _chat_events(body: Mapping[str, Any], behaviour: MockBehaviour) -> Iterator[
     for index, choice in enumerate(choices):
         finish = b'[{"index":%d,"delta":{},"logprobs":null,"finish_reason":"%s"}]}\n\n'
         yield head + finish % (index, choice.finish.encode()), 0
-    if _wants_usage(body):
+    if _wants_usage(body) and behaviour.report_usage:
         tokens = sum(choice.tokens for choice in choices)
         usage = orjson.dumps(_usage(body, tokens, behaviour))
         yield head + b'[],"usage":' + usage + b"}\n\n", 0
@@ -270,6 +270,13 @@ def chat_completion(body: Mapping[str, Any], behaviour: MockBehaviour) -> dict[s
         "choices": rendered,
         "usage": _usage(body, sum(choice.tokens for choice in choices), behaviour),
     }
+
+
+def as_sent(answer: dict[str, Any], behaviour: MockBehaviour) -> dict[str, Any]:
+    """A non-streaming answer as the mock sends it: without its usage when told to report none."""
+    if behaviour.report_usage:
+        return answer
+    return {name: value for name, value in answer.items() if name != "usage"}
 
 
 def text_completion(body: Mapping[str, Any], behaviour: MockBehaviour) -> dict[str, Any]:

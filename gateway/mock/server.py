@@ -35,6 +35,7 @@ from gateway.mock.dialect import (
 )
 from gateway.mock.openai import (
     StreamProgress,
+    as_sent,
     chat_completion,
     chat_stream,
     completion_stream,
@@ -111,7 +112,8 @@ async def _answer(
     if not body.get("stream"):
         answer = chat_completion(body, behaviour) if chat else text_completion(body, behaviour)
         record.completion_tokens_sent = answer["usage"]["completion_tokens"]
-        return web.json_response(answer, dumps=lambda v: orjson.dumps(v).decode())
+        sent = as_sent(answer, behaviour)
+        return web.json_response(sent, dumps=lambda v: orjson.dumps(v).decode())
     scheduled = scheduled_events(body, behaviour, chat=chat)
     if scheduled is not None:
         return await _write_on_schedule(request, scheduled, behaviour.delay, record)
