@@ -315,6 +315,30 @@ def _usage_object(answer: Any) -> Usage | None:
     return Usage(prompt, completion, exact=True, cached_tokens=cached_tokens)
 
 
+def estimate_answer_tokens(body: bytes) -> int:
+    """The completion tokens of a non-streaming answer that reported no usage: about four
+    characters a token of its text (message content, tool call arguments, completion text)."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    chars = 0
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        message = message if isinstance(message, dict) else {}
+        for text in (message.get("content"), choice.get("text")):
+            chars += len(text) if isinstance(text, str) else 0
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            chars += len(arguments) if isinstance(arguments, str) else 0
+    return (chars + 3) // 4
+
+
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     """About four characters a token: the estimate used when the upstream reported nothing."""
     source = body.get("messages", body.get("prompt", body.get("input", "")))

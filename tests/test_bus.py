@@ -103,3 +103,27 @@ async def test_publisher_waits_out_a_redis_outage(
     await spool.close()
     assert not spool.path.exists()
     await redis.aclose()
+
+
+async def test_costs_ride_the_bus(redis_url: str, redis_prefix: str) -> None:
+    """An event's cost, its exactness and its hedge cost reach the store through the stream as
+    they were published; an event without a cost arrives without one."""
+    stream = stream_key(redis_prefix)
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+    conn = connect_redis(StoreSettings(redis_url=redis_url, redis_prefix=redis_prefix))
+    publisher = BusPublisher(RedisConn(redis), stream=stream, settings=SETTINGS)
+    store = FakeStore()
+    consumer = BusConsumer(conn, store, stream=stream, settings=SETTINGS, name="costs")
+    consumer.start()
+    publisher.start()
+    priced = event(1, cost_usd=0.0125, cost_exact=True, hedge_cost_usd=0.002)
+    unpriced = event(2)
+    publisher.publish(priced)
+    publisher.publish(unpriced)
+    await until(lambda: consumer.committed == 2)
+    assert store.applied[priced.event_id] == priced
+    assert store.applied[unpriced.event_id].cost_usd is None
+    await consumer.stop(time.monotonic() + 1)
+    await publisher.stop(time.monotonic() + 1)
+    await conn.aclose()
+    await redis.aclose()

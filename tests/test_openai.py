@@ -6,7 +6,14 @@ import orjson
 import pytest
 
 from gateway.errors import InvalidJSON, InvalidRequest
-from gateway.openai import Endpoint, parse_request
+from gateway.openai import (
+    Endpoint,
+    Usage,
+    estimate_answer_tokens,
+    parse_request,
+    usage_in_body,
+    usage_in_event,
+)
 
 
 def test_chat_request_fields_and_passthrough() -> None:
@@ -88,3 +95,25 @@ def test_nesting_deeper_than_the_limit_is_invalid_json() -> None:
     parse_request(body(MAX_JSON_DEPTH - 1), Endpoint.COMPLETIONS)
     with pytest.raises(InvalidJSON, match=f"deeper than {MAX_JSON_DEPTH}"):
         parse_request(body(MAX_JSON_DEPTH), Endpoint.COMPLETIONS)
+
+
+def test_streamed_and_json_usage_carry_cached_prompt_tokens() -> None:
+    """prompt_tokens_details.cached_tokens is read from a usage chunk and from a JSON answer."""
+    usage = {"prompt_tokens": 12, "completion_tokens": 3,
+             "prompt_tokens_details": {"cached_tokens": 8}}  # fmt: skip
+    chunk = orjson.dumps({"choices": [], "usage": usage})
+    assert usage_in_event(chunk) == (Usage(12, 3, exact=True, cached_tokens=8), True)
+    answer = orjson.dumps({"choices": [], "usage": {**usage, "prompt_tokens_details": None}})
+    assert usage_in_body(answer) == Usage(12, 3, exact=True, cached_tokens=0)
+
+
+def test_a_json_answer_without_usage_is_estimated_from_its_text() -> None:
+    """About four characters a token of the content, tool arguments and completion text."""
+    answer = {"choices": [
+        {"message": {"content": "x" * 40}},
+        {"message": {"content": None, "tool_calls": [{"function": {"arguments": "y" * 8}}]}},
+        {"text": "z" * 3},
+    ]}  # fmt: skip
+    assert estimate_answer_tokens(orjson.dumps(answer)) == (40 + 8 + 3 + 3) // 4
+    assert estimate_answer_tokens(b"not json") == 0
+    assert estimate_answer_tokens(b'{"error": {"message": "no"}}') == 0

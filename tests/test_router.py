@@ -317,3 +317,13 @@ async def test_least_busy_and_lowest_latency_orders() -> None:
         router.health["a"].observe(seconds)
         router.health["b"].observe(seconds / 10)
     assert [x.health.deployment.name for x in router.plan(route(cfg, "quick"))] == ["b", "a"]
+
+
+def test_time_saved_by_a_winning_hedge_is_what_slower_first_events_took_beyond_it() -> None:
+    """A hedge that won at 1 s saved, by the first deployment's recent times to first event,
+    the mean of what those slower than 1 s took beyond it; nothing when none were slower."""
+    health = make_router(config(), ScriptedUpstreams()).health["a"]
+    for seconds in (0.1, 0.2, 3.0, 2.0):
+        health.observe(seconds)
+    assert health.wait_beyond(1.0) == pytest.approx(((3.0 - 1.0) + (2.0 - 1.0)) / 2)
+    assert health.wait_beyond(5.0) == 0.0

@@ -106,3 +106,16 @@ async def test_compaction_keeps_only_what_is_open(
     assert len(read_spool(spool.path).ended) == 2
     await spool.close()
     assert os.listdir(tmp_path)  # undelivered events: the file stays for the next start
+
+
+def test_costs_survive_the_spool_and_old_lines_still_load(tmp_path: Path) -> None:
+    """An event's cost and hedge cost come back from a dead worker's spool as they were; a line
+    written before costs existed loads with an unknown cost."""
+    priced = event(1, cost_usd=0.0125, cost_exact=False, hedge_cost_usd=0.002)
+    old = {k: v for k, v in orjson.loads(orjson.dumps(event(2))).items()
+           if k not in {"cost_usd", "cost_exact", "hedge_cost_usd"}}  # fmt: skip
+    path = tmp_path / "w.spool"
+    path.write_bytes(orjson.dumps({"e": priced}) + b"\n" + orjson.dumps({"e": old}) + b"\n")
+    found = {e.event_id: e for e in read_spool(path).ended}
+    assert found[priced.event_id] == priced
+    assert found[old["event_id"]].cost_usd is None

@@ -52,12 +52,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 def event(
     key: str = "key_a", model: str = "m", ts: float = DAY_TS + 1000, *,
     prompt: int = 0, completion: int = 0, termination: str = "completed",
-    exact: bool = True, cache_hit: bool = False,
+    exact: bool = True, cache_hit: bool = False, cost: float | None = None,
+    hedge_cost: float = 0.0,
 ) -> StatsEvent:  # fmt: skip
     return StatsEvent(
         request_id="r", key_id=key, model=model, deployment="d", route="/v1/chat/completions",
         status=200, prompt_tokens=prompt, completion_tokens=completion, tokens_exact=exact,
         cache_hit=cache_hit, latency_ms=1.0, ttfb_ms=None, termination=termination, ts=ts,
+        cost_usd=cost, cost_exact=exact and cost is not None, hedge_cost_usd=hedge_cost,
     )  # fmt: skip
 
 
@@ -140,6 +142,69 @@ async def test_usage_filters_and_order(store: Store) -> None:
     assert len(await store.usage(since="2026-11-22")) == 2
 
 
+async def test_costs_roll_up_per_key_model_and_day_once(store: Store) -> None:
+    """Costs add up per (key, model, day) in nano-USD, once per event id: the estimated part,
+    requests of unknown cost and hedge cost each in their own counter."""
+    batch = [
+        event(prompt=10, completion=5, cost=0.000_125),
+        event(prompt=3, completion=2, cost=0.000_031_5, exact=False),
+        event(prompt=4, completion=4),  # a model without a price: cost unknown
+        event(cache_hit=True, cost=0.0, hedge_cost=0.000_01),
+        event(key="key_b", cost=1.5),
+        event(ts=DAY_TS + 86400, cost=0.25),
+    ]
+    assert await store.record_events(batch) == 6
+    assert await store.record_events(batch[:3]) == 0
+    rows = {(r.key_id, r.day): r for r in await store.usage()}
+    first = rows[("key_a", "2026-11-22")]
+    assert first.cost_nanousd == 125_000 + 31_500
+    assert (first.estimated_cost_nanousd, first.unknown_cost_requests) == (31_500, 1)
+    assert first.hedge_cost_nanousd == 10_000
+    view = first.view()
+    assert view["cost_usd"] == pytest.approx(0.000_156_5)
+    assert view["estimated_cost_usd"] == pytest.approx(0.000_031_5)
+    assert view["hedge_cost_usd"] == pytest.approx(0.000_01)
+    assert rows[("key_b", "2026-11-22")].view()["cost_usd"] == 1.5
+    assert rows[("key_a", "2026-11-23")].cost_nanousd == 250_000_000
+
+
+async def test_sqlite_file_of_an_older_gateway_gets_the_cost_columns(tmp_path: Path) -> None:
+    """A store file made before costs existed opens (columns added), keeps its rows (at cost
+    0) and takes new events with costs."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SQLITE_SCHEMA)
+    db.execute("INSERT INTO usage_daily (key_id, model, day, requests) VALUES "
+               "('key_a', 'm', '2026-11-22', 7)")  # fmt: skip
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    await store.open()
+    assert await store.record_events([event(cost=0.5)]) == 1
+    [row] = await store.usage()
+    assert (row.requests, row.cost_nanousd, row.unknown_cost_requests) == (8, 500_000_000, 0)
+    await store.close()
+
+
+OLD_SQLITE_SCHEMA = """
+CREATE TABLE usage_daily (
+    key_id TEXT NOT NULL, model TEXT NOT NULL, day TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0, estimated_requests INTEGER NOT NULL DEFAULT 0,
+    cache_hits INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
+    last_used REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, model, day)
+);
+CREATE TABLE usage_events (
+    event_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
+    deployment TEXT, route TEXT NOT NULL, status INTEGER NOT NULL, termination TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    tokens_exact INTEGER NOT NULL, cache_hit INTEGER NOT NULL, latency_ms REAL NOT NULL,
+    ttfb_ms REAL, ts REAL NOT NULL
+);
+"""
+
+
 def _apply_many(path: str, worker: int) -> None:
     async def run() -> None:
         store = SQLiteStore(path)
@@ -198,6 +263,34 @@ async def test_postgres_keeps_one_row_per_event(postgres_url: str) -> None:
     rows = await fetch(postgres_url, "SELECT event_id, completion_tokens FROM usage_events")
     assert sorted((r[0], r[1]) for r in rows) == sorted((e.event_id, e.completion_tokens)
                                                         for e in events)  # fmt: skip
+    await store.close()
+
+
+async def test_postgres_database_of_an_older_gateway_is_migrated_to_costs(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at schema 2 (before costs) gets migration 3 at open: its rollups and events
+    keep loading (cost 0, unknown for the old events) and new events carry their cost."""
+    import asyncpg
+
+    from gateway.store import postgres
+
+    pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:2])
+        assert await migrate(pool) == [1, 2]
+    await pool.execute("INSERT INTO usage_daily (key_id, model, day, requests) "
+                       "VALUES ('key_a', 'm', '2026-11-22', 7)")  # fmt: skip
+    await pool.close()
+    store = PostgresStore(postgres_url)
+    await store.open()
+    assert await store.record_events([event(cost=0.5, hedge_cost=0.25)]) == 1
+    [row] = await store.usage()
+    assert (row.requests, row.cost_nanousd, row.hedge_cost_nanousd) == (8, 5 * 10**8, 25 * 10**7)
+    rows = await fetch(
+        postgres_url, "SELECT cost_usd, cost_exact, hedge_cost_usd FROM usage_events"
+    )
+    assert [tuple(r) for r in rows] == [(0.5, True, 0.25)]
     await store.close()
 
 

@@ -245,8 +245,12 @@ def _hedge_prompt_tokens(record: RequestRecord) -> int:
 
 
 def _estimate(record: RequestRecord, status: int) -> Usage:
-    """Tokens when the upstream reported none: zero if nothing was generated, else an estimate."""
-    delivered = record.stream.content_events if record.stream else 0
+    """Tokens when the upstream reported none: zero if nothing was generated, else an estimate
+    (a stream's content events, a JSON answer's text)."""
+    if record.stream is not None:
+        delivered = record.stream.content_events
+    else:
+        delivered = int(record.extra.get("answer_tokens", 0))
     if record.body is None or (delivered == 0 and (status >= 400 or record.deployment is None)):
         return Usage(0, 0, exact=True)
     return Usage(estimate_prompt_tokens(record.body), delivered, exact=False)

@@ -21,7 +21,13 @@ from gateway.dialects import CLIENT_DIALECTS
 from gateway.dialects.messages import MessagesDialect
 from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestTimeout
 from gateway.keys import check_model
-from gateway.openai import Endpoint, ParsedRequest, parse_request, usage_in_body
+from gateway.openai import (
+    Endpoint,
+    ParsedRequest,
+    estimate_answer_tokens,
+    parse_request,
+    usage_in_body,
+)
 from gateway.relay import relay_stream
 from gateway.source import OpenedUpstream
 from gateway.store import StoreUnavailable
@@ -230,6 +236,8 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     record.deployment = opened.deployment.name
     record.answered_at = asyncio.get_running_loop().time()
     record.usage = usage_in_body(opened.body)
+    if record.usage is None:  # accounted with an estimate, from the answer's text
+        record.extra["answer_tokens"] = estimate_answer_tokens(opened.body)
     if flight is not None and decision.store and flight.clean:
         headers["X-Gateway-Cache"] = "stored"
     body = opened.body if dialect is None else dialect.completion_to_client(opened.body)
