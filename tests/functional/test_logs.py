@@ -115,6 +115,8 @@ models:
     assert 5 <= len(fallbacks) <= 6 and fallbacks[0]["fallback"] == "backup"
     retries = [w for w in warnings if w["msg"] == "retrying upstream request"]
     assert retries and retries[0]["reason"] == "status_503"
+    # A request's access line is written just after its last byte: the last one may lag.
+    wait_for_log(proc, '"api":"chat.completions"', 20)
     access = [line for line in log_lines(proc, "gateway.access") if line.get("api")]
     assert len(access) == 20
     assert access[0]["upstream_model"] == "backup-gpt" and access[0]["deployment"] == "up"
