@@ -38,7 +38,7 @@ def request_cost(prices: PriceTable, upstream_model: str | None, usage: Usage) -
 def hedge_cost(prices: PriceTable, upstream_model: str | None, prompt_tokens: int) -> float:
     """What the prompts of cancelled hedges cost (estimated tokens, none cached): they were sent
     whole and paid for, their answers never used. Priced at the model that served the request
-    (a hedge goes to another deployment of the same plan); 0 for a model without a price."""
+    (a hedge to a fallback model's deployment is priced the same); 0 for a model without a price."""
     if upstream_model is None or prompt_tokens <= 0:
         return 0.0
     return prices.cost(upstream_model, prompt_tokens, 0) or 0.0

@@ -33,6 +33,10 @@ from tests.functional.client import chat_body, read_stream
 from tests.functional.test_accounting import usage_rows, wait_for_requests
 from tests.functional.test_logs import log_lines
 from tests.functional.test_shared_store import metric, scrape
+from tests.postgres_server import fetch, postgres_server, postgres_url
+from tests.redis_server import redis_prefix, redis_server, redis_url
+
+__all__ = ["postgres_server", "postgres_url", "redis_prefix", "redis_server", "redis_url"]
 
 URL = "/v1/chat/completions"
 INPUT, CACHED, OUTPUT = 2.0, 0.5, 10.0  # the config's price for mock-gpt, USD per 1M tokens
@@ -185,6 +189,50 @@ async def test_stored_spend_is_usage_at_the_price_table(
     assert sum(c for c in mock_costs if c) == pytest.approx(expected + estimated, abs=1e-9)
     assert mock_costs.count(0.0) == 5  # the hit and the four followers
     assert "cost" not in lines_by_model["unpriced"][0]
+
+
+@pytest.mark.parametrize("store", ["redis", "postgres"])
+async def test_spend_through_the_usage_bus_into_a_shared_store(
+    start_gateway, mock_upstream: Proc, tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:  # type: ignore[no-untyped-def]
+    """With Redis, two workers' events carry their costs through the spool and the usage bus into
+    the Redis store, or into PostgreSQL when it is configured too; the rollups and the metric
+    summed over both workers equal the usage at the price table."""
+    env = {
+        "LLM_GATEWAY_REDIS_URL": request.getfixturevalue("redis_url"),
+        "LLM_GATEWAY_STORE__REDIS_PREFIX": request.getfixturevalue("redis_prefix"),
+        "LLM_GATEWAY_MASTER_KEY": MASTER_KEY,
+        "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.3",
+        "LLM_GATEWAY_STORE__PATH": str(tmp_path / "unused.sqlite3"),
+    }
+    if store == "postgres":
+        env["LLM_GATEWAY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    key_id, key = create_key(env)
+    config = write_spend_config(tmp_path, mock_upstream.url)
+    proc: Proc = start_gateway("--config", str(config), env=env, workers=2)
+    url, auth = proc.url + URL, {"Authorization": f"Bearer {key}"}
+    expected = 0.0
+    for n in range(6):
+        mock = {"chunks": 3 + n, "cached_tokens": 1}
+        if n % 2:
+            body = chat_body("mock-gpt", stream=False, mock=mock)
+            usage = (await post_json(url, body, auth))["usage"]
+        else:
+            body = chat_body("mock-gpt", stream_options={"include_usage": True}, mock=mock)
+            usage = (await read_stream(url, body, auth)).json_events()[-1]["usage"]
+        expected += price(usage["prompt_tokens"], usage["completion_tokens"], 1)
+    await wait_for_requests(env, 6, timeout=20)
+    [row] = usage_rows(env)
+    assert row["key_id"] == key_id and row["cost_usd"] == pytest.approx(expected, abs=1e-9)
+    assert (row["estimated_cost_usd"], row["unknown_cost_requests"]) == (0, 0)
+    text = await scrape(proc.url)
+    spent = metric(text, "llm_gateway_spend_usd_total", model="mock-gpt", key=key_id)
+    assert spent == pytest.approx(expected, abs=1e-9)
+    if store == "postgres":  # the store of record keeps each request's cost too
+        events = await fetch(env["LLM_GATEWAY_DATABASE_URL"],
+                             "SELECT cost_usd, cost_exact FROM usage_events")  # fmt: skip
+        assert len(events) == 6 and all(e["cost_exact"] for e in events)
+        assert sum(e["cost_usd"] for e in events) == pytest.approx(expected, abs=1e-9)
 
 
 async def test_hedge_cost_is_stored_and_exported(
