@@ -72,6 +72,16 @@ def budget_view(budget: Budget) -> dict[str, object]:
     return {"unit": budget.unit, "limit": limit, "period": budget.period, "text": str(budget)}
 
 
+def window_start(period: Period, now: dt.datetime) -> str | None:
+    """The first UTC day of the current window, as usage rollups name days (None: lifetime)."""
+    now = now.astimezone(dt.UTC)
+    if period == "day":
+        return now.strftime("%Y-%m-%d")
+    if period == "month":
+        return now.strftime("%Y-%m-01")
+    return None
+
+
 def window(period: Period, now: dt.datetime) -> tuple[str, dt.datetime | None]:
     """The current window's label and when it resets (UTC; None for lifetime)."""
     now = now.astimezone(dt.UTC)

@@ -15,13 +15,17 @@ worker).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.budget import Budget, window
 from gateway.redisconn import REDIS_BREAKER, RedisConn, RedisUnavailable
+
+log = logging.getLogger("gateway.budget")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +73,52 @@ def _headroom(
     return grant, binding
 
 
-class LocalLedger:
-    """Budgets in this worker's memory: exact within a worker, per worker across several."""
+# What a key spent in a budget's current window before this worker counted it (the store's usage).
+Seed = Callable[[str, Budget], Awaitable[float]]
 
-    def __init__(self, clock: Any = None) -> None:
+
+class LocalLedger:
+    """Budgets in this worker's memory: exact within a worker, per worker across several.
+
+    With a ``seed`` a window starts from what the store says the key already spent in it (read
+    once, the first time this worker draws from it), so a restart does not hand out a budget
+    again. Without one (or when the store cannot say) it starts from zero.
+    """
+
+    def __init__(self, clock: Any = None, seed: Seed | None = None) -> None:
         self._spent: dict[tuple[str, str, str], float] = {}
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._seed = seed
+        self._seeding: dict[tuple[str, str, str], asyncio.Future[None]] = {}
 
     def _key(self, key_id: str, budget: Budget) -> tuple[str, str, str]:
         return key_id, budget.unit, window(budget.period, self._clock())[0]
 
+    async def _seeded(self, key_id: str, budgets: Sequence[Budget]) -> None:
+        if self._seed is None:
+            return
+        for budget in budgets:
+            key = self._key(key_id, budget)
+            seeding = self._seeding.get(key)
+            if seeding is None:
+                seeding = self._seeding[key] = asyncio.ensure_future(
+                    self._read_seed(key, key_id, budget)
+                )
+            await asyncio.shield(seeding)
+
+    async def _read_seed(self, key: tuple[str, str, str], key_id: str, budget: Budget) -> None:
+        assert self._seed is not None
+        try:
+            before = await self._seed(key_id, budget)
+        except Exception as exc:  # the store is down: this window starts from zero, logged
+            log.warning("budget spend not read from the store", extra={"error": repr(exc)})
+            return
+        self._spent[key] = self._spent.get(key, 0.0) + before
+
     async def draw(
         self, key_id: str, budgets: Sequence[Budget], tokens: int, usd_per_token: float
     ) -> Grant:
+        await self._seeded(key_id, budgets)
         spent = [self._spent.get(self._key(key_id, b), 0.0) for b in budgets]
         grant, binding = _headroom(budgets, spent, tokens, usd_per_token)
         self._add(key_id, budgets, grant, grant * usd_per_token)
@@ -91,6 +128,7 @@ class LocalLedger:
         self._add(key_id, budgets, tokens, usd)
 
     async def spent(self, key_id: str, budget: Budget) -> float:
+        await self._seeded(key_id, (budget,))
         return self._spent.get(self._key(key_id, budget), 0.0)
 
     def _add(self, key_id: str, budgets: Sequence[Budget], tokens: int, usd: float) -> None:

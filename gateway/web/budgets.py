@@ -8,11 +8,13 @@ budget (the README says so).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from gateway.background import BackgroundTasks
+from gateway.budget import Budget, window_start
 from gateway.config import Config, ModelRoute
 from gateway.guard import MAX_SETTLING, BudgetGuard, KeySpend
 from gateway.ledger import Ledger, LocalLedger, RedisLedger
@@ -20,10 +22,11 @@ from gateway.openai import ParsedRequest, Usage, estimate_prompt_tokens, usage_i
 from gateway.redisconn import RedisConn
 from gateway.source import EventSource
 from gateway.spend import request_cost
+from gateway.store.base import NANO
 from gateway.web import access
 from gateway.web.accounting import RECORD
 from gateway.web.auth import API_KEY
-from gateway.web.keys import CONFIG, PRICES
+from gateway.web.keys import CONFIG, PRICES, STORE
 
 LEDGER = web.AppKey("budget_ledger", Ledger)
 SETTLING = web.AppKey("budget_settling", BackgroundTasks)
@@ -31,11 +34,21 @@ SETTLE_SECONDS = 5.0  # at shutdown, settlements under way get this long
 
 
 def install(app: web.Application, config: Config, redis: RedisConn | None) -> None:
-    """The ledger: Redis when configured, else this worker's memory."""
+    """The ledger: Redis when configured, else this worker's memory, started from the store."""
+    store = app[STORE]
+
+    async def stored_spend(key_id: str, budget: Budget) -> float:
+        rows = await store.usage(
+            key_id=key_id, since=window_start(budget.period, dt.datetime.now(dt.UTC))
+        )
+        if budget.unit == "usd":
+            return sum(row.cost_nanousd for row in rows) / NANO
+        return float(sum(row.prompt_tokens + row.completion_tokens for row in rows))
+
     app[LEDGER] = (
         RedisLedger(redis, timeout=config.limits.redis_timeout)
         if redis is not None
-        else LocalLedger()
+        else LocalLedger(seed=stored_spend)
     )
     app[SETTLING] = BackgroundTasks(MAX_SETTLING)
 

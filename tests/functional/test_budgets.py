@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import MASTER_KEY, Proc, create_key, run_cli, write_config
@@ -66,12 +67,13 @@ async def test_twenty_streams_of_one_key_on_two_workers_stay_within_one_lease_ea
     """20 concurrent streams, a $1 budget (10 whole answers), 2 workers sharing Redis: the key
     spends its budget and at most one lease more per stream; each cut stream ends with one
     budget_exceeded event and no [DONE], and its upstream is cancelled within a second; the
-    ledger holds exactly what the clients received, at the table's price."""
+    ledger and the stored spend hold exactly what the clients received, at the table's price."""
     env = {
         **keyed_env,
         "LLM_GATEWAY_REDIS_URL": redis_url,
         "LLM_GATEWAY_STORE__REDIS_PREFIX": redis_prefix,
         "LLM_GATEWAY_SHED_LAG": "10",
+        "LLM_GATEWAY_STATS__FLUSH_INTERVAL": "0.5",
     }
     budget = 10 * ANSWER_TOKENS * OUTPUT_USD
     key_id, key = create_key(env, "--budget-usd", f"{budget:g}/day")
@@ -135,6 +137,22 @@ async def test_twenty_streams_of_one_key_on_two_workers_stay_within_one_lease_ea
         assert abs(spent - delivered * OUTPUT_USD) < 1e-9, (spent, delivered)
     finally:
         await client.aclose()
+
+    # The stored spend (the usage rollups, through the bus) says the same.
+    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+    rows: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            async with session.get(
+                gateway.url + f"/admin/usage?key={key_id}", headers=admin
+            ) as response:
+                rows = (await response.json())["data"]
+            if sum(row["requests"] for row in rows) >= 20:
+                break
+            await asyncio.sleep(0.2)
+    assert sum(row["requests"] for row in rows) == 20
+    assert sum(row["cost_usd"] for row in rows) == pytest.approx(delivered * OUTPUT_USD, abs=1e-6)
+    assert sum(row["completion_tokens"] for row in rows) == delivered
 
     # Now the budget is spent: a new request is refused at admission, saying when it resets.
     async with aiohttp.ClientSession() as session:
@@ -267,3 +285,25 @@ async def test_a_cut_stream_ends_in_the_clients_dialect(
     assert "$0.05/day" in events[-1]["error"]["message"]
     texts = [e for e in events if e["type"] == "content_block_delta"]
     assert 40 <= len(texts) <= 50 + LEASE
+
+
+async def test_a_restart_does_not_hand_out_a_spent_budget_again(
+    start_gateway: Any, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
+) -> None:
+    """Without Redis each worker's ledger starts from the store's usage: $0.15 for the key's
+    lifetime, $0.10 spent, a restart, one more answer admitted on what is left, then 429."""
+    _, key = create_key(keyed_env, "--budget-usd", "0.15/lifetime")
+    config = str(priced_config(tmp_path, mock_upstream.url))
+    answer = chat_body("mock-gpt", stream=False, mock={"chunks": ANSWER_TOKENS})
+    first: Proc = start_gateway("--config", config, env=keyed_env)
+    async with aiohttp.ClientSession() as session:
+        status, _, _ = await post(session, first.url + URL, answer, auth(key))
+        assert status == 200
+    first.stop()  # SIGTERM: the usage is flushed to the store
+    second: Proc = start_gateway("--config", config, env=keyed_env)
+    async with aiohttp.ClientSession() as session:
+        status, _, _ = await post(session, second.url + URL, answer, auth(key))
+        assert status == 200  # $0.05 left: a lease fits, the answer is charged whole
+        status, _, error = await post(session, second.url + URL, answer, auth(key))
+        assert status == 429 and error["error"]["code"] == "budget_exceeded", error
+        assert "$0.15/lifetime" in error["error"]["message"]
