@@ -250,11 +250,14 @@ def keys_show(config_path: str | None, key_id: str) -> None:
     if found is None:
         click.echo(f"no key with id {key_id}", err=True)
         sys.exit(1)
-    record, counters = found
+    record, counters, spent = found
     for name, value in key_view(record).items():
         if name == "budgets":
             value = ", ".join(str(b) for b in record.budgets) or None
         click.echo(f"{name:14} {_shown(value)}")
+    for budget, used in zip(record.budgets, spent, strict=True):
+        amount = f"${used:.6f}" if budget.unit == "usd" else f"{used:g} tokens"
+        click.echo(f"{'spent':14} {amount} of {budget} (stored usage, this window)")
     for name in ("requests", "prompt_tokens", "completion_tokens", "cache_hits", "errors"):
         click.echo(f"{name:14} {getattr(counters, name)}")
     click.echo(f"{'last_used':14} {_shown(counters.last_used)}")

@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.budget import Budget, window
+from gateway.budget import Budget, window, window_start
 from gateway.redisconn import REDIS_BREAKER, RedisConn, RedisUnavailable
+from gateway.store.base import NANO, Store
 
 log = logging.getLogger("gateway.budget")
 
@@ -75,6 +76,17 @@ def _headroom(
 
 # What a key spent in a budget's current window before this worker counted it (the store's usage).
 Seed = Callable[[str, Budget], Awaitable[float]]
+
+
+async def stored_spend(
+    store: Store, key_id: str, budget: Budget, now: dt.datetime | None = None
+) -> float:
+    """What the store's usage rollups say ``key_id`` spent in ``budget``'s current window."""
+    since = window_start(budget.period, now or dt.datetime.now(dt.UTC))
+    rows = await store.usage(key_id=key_id, since=since)
+    if budget.unit == "usd":
+        return sum(row.cost_nanousd for row in rows) / NANO
+    return float(sum(row.prompt_tokens + row.completion_tokens for row in rows))
 
 
 class LocalLedger:

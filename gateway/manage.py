@@ -9,6 +9,7 @@ from typing import TypeVar
 from gateway.budget import Budget
 from gateway.config import Config
 from gateway.keys import new_key
+from gateway.ledger import stored_spend
 from gateway.store import KeyCounters, KeyRecord, Store, UsageRow, make_store
 
 T = TypeVar("T")
@@ -52,14 +53,17 @@ async def list_keys(config: Config) -> list[KeyRecord]:
     return await _with_store(config, lambda store: store.list_keys())
 
 
-async def show_key(config: Config, key_id: str) -> tuple[KeyRecord, KeyCounters] | None:
-    """A key and its lifetime counters, or None."""
+async def show_key(
+    config: Config, key_id: str
+) -> tuple[KeyRecord, KeyCounters, list[float]] | None:
+    """A key, its lifetime counters and what it spent in each budget's window, or None."""
 
-    async def work(store: Store) -> tuple[KeyRecord, KeyCounters] | None:
+    async def work(store: Store) -> tuple[KeyRecord, KeyCounters, list[float]] | None:
         record = await store.key_by_id(key_id)
         if record is None:
             return None
-        return record, await store.key_counters(key_id)
+        spent = [await stored_spend(store, key_id, budget) for budget in record.budgets]
+        return record, await store.key_counters(key_id), spent
 
     return await _with_store(config, work)
 

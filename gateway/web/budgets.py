@@ -8,21 +8,19 @@ budget (the README says so).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from gateway.background import BackgroundTasks
-from gateway.budget import Budget, window_start
+from gateway.budget import Budget
 from gateway.config import Config, ModelRoute
 from gateway.guard import MAX_SETTLING, BudgetGuard, KeySpend
-from gateway.ledger import Ledger, LocalLedger, RedisLedger
+from gateway.ledger import Ledger, LocalLedger, RedisLedger, stored_spend
 from gateway.openai import ParsedRequest, Usage, estimate_prompt_tokens, usage_in_body
 from gateway.redisconn import RedisConn
 from gateway.source import EventSource
 from gateway.spend import request_cost
-from gateway.store.base import NANO
 from gateway.web import access
 from gateway.web.accounting import RECORD
 from gateway.web.auth import API_KEY
@@ -37,18 +35,13 @@ def install(app: web.Application, config: Config, redis: RedisConn | None) -> No
     """The ledger: Redis when configured, else this worker's memory, started from the store."""
     store = app[STORE]
 
-    async def stored_spend(key_id: str, budget: Budget) -> float:
-        rows = await store.usage(
-            key_id=key_id, since=window_start(budget.period, dt.datetime.now(dt.UTC))
-        )
-        if budget.unit == "usd":
-            return sum(row.cost_nanousd for row in rows) / NANO
-        return float(sum(row.prompt_tokens + row.completion_tokens for row in rows))
+    async def seed(key_id: str, budget: Budget) -> float:
+        return await stored_spend(store, key_id, budget)
 
     app[LEDGER] = (
         RedisLedger(redis, timeout=config.limits.redis_timeout)
         if redis is not None
-        else LocalLedger(seed=stored_spend)
+        else LocalLedger(seed=seed)
     )
     app[SETTLING] = BackgroundTasks(MAX_SETTLING)
 

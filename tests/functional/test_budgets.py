@@ -291,8 +291,9 @@ async def test_a_restart_does_not_hand_out_a_spent_budget_again(
     start_gateway: Any, mock_upstream: Proc, tmp_path: Path, keyed_env: dict[str, str]
 ) -> None:
     """Without Redis each worker's ledger starts from the store's usage: $0.15 for the key's
-    lifetime, $0.10 spent, a restart, one more answer admitted on what is left, then 429."""
-    _, key = create_key(keyed_env, "--budget-usd", "0.15/lifetime")
+    lifetime, $0.10 spent, a restart, one more answer admitted on what is left, then 429;
+    `keys show` says what was spent."""
+    key_id, key = create_key(keyed_env, "--budget-usd", "0.15/lifetime")
     config = str(priced_config(tmp_path, mock_upstream.url))
     answer = chat_body("mock-gpt", stream=False, mock={"chunks": ANSWER_TOKENS})
     first: Proc = start_gateway("--config", config, env=keyed_env)
@@ -307,3 +308,6 @@ async def test_a_restart_does_not_hand_out_a_spent_budget_again(
         status, _, error = await post(session, second.url + URL, answer, auth(key))
         assert status == 429 and error["error"]["code"] == "budget_exceeded", error
         assert "$0.15/lifetime" in error["error"]["message"]
+    second.stop()
+    shown = run_cli("keys", "show", key_id, env=keyed_env)
+    assert "spent          $0.200000 of $0.15/lifetime" in shown.stdout, shown.stdout
