@@ -16,8 +16,8 @@ from gateway.config import Config
 from gateway.logs import configure_logging
 from gateway.web import make_app
 from gateway.web.access import JsonAccessLogger
-from gateway.web.keys import LOAD, WORKER_STATE
 from gateway.web.protocol import GatewayRunner
+from gateway.web.state import LOAD, WORKER_STATE
 
 log = logging.getLogger("gateway.server")
 

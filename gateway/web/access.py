@@ -16,6 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 from gateway.config import Config
 from gateway.logs import REQUEST_ID
 from gateway.stats import StatsEvent
+from gateway.web.state import CONFIG
 
 log = logging.getLogger("gateway.access")
 
@@ -102,6 +103,4 @@ class JsonAccessLogger(AbstractAccessLogger):
 
 
 def _log_scrapes(request: web.BaseRequest) -> bool:
-    from gateway.web.keys import CONFIG
-
     return isinstance(request, web.Request) and request.app[CONFIG].server.access_log_health

@@ -28,13 +28,20 @@ from gateway.logs import REQUEST_ID
 from gateway.openai import Usage, estimate_prompt_tokens
 from gateway.spend import Cost, hedge_cost, request_cost
 from gateway.spool import Spool
-from gateway.stats import ANONYMOUS_KEY, StatsEvent, UsageSink
+from gateway.stats import ANONYMOUS_KEY, StatsEvent
 from gateway.store.base import new_event_id
 from gateway.stream import StreamOutcome
 from gateway.trail import TRAIL, Trail
 from gateway.web import access
-from gateway.web.auth import API_KEY
-from gateway.web.keys import CONFIG, PRICES
+from gateway.web.state import (
+    API_KEY,
+    CONFIG,
+    LIVE_REQUESTS,
+    PRICES,
+    RECORD,
+    RESPONSE_HEADERS,
+    SIDECAR,
+)
 
 PROGRESS_INTERVAL = 0.5
 # Label values come from closed sets (PITFALLS.md): a raw path or a client-chosen model name as a
@@ -57,7 +64,7 @@ class RequestRecord:
     answered_at: float | None = None  # when a non-streaming answer came back
     error: GatewayError | None = None
     cache_hit: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    answer_tokens: int = 0  # a JSON answer without usage: its completion tokens, estimated
     # Called with the final event once the request ended (settling rate limits, for one).
     finishers: list[Callable[[StatsEvent], None]] = field(default_factory=list)
     # A resumable stream outlives its first request: the event waits for this.
@@ -65,6 +72,15 @@ class RequestRecord:
     trail: Trail = field(default_factory=Trail)  # attempts, seen by the router
     cost: float | None = None  # USD, set with the event; None (absent from logs) when unknown
     event_id: str = field(default_factory=new_event_id)  # the spool's begin line and the event
+    _prompt_estimate: int | None = field(default=None, init=False, repr=False)
+
+    def prompt_estimate(self) -> int:
+        """The prompt's tokens as the gateway estimates them (0 before the body was read)."""
+        if self._prompt_estimate is None:
+            if self.body is None:
+                return 0
+            self._prompt_estimate = estimate_prompt_tokens(self.body)
+        return self._prompt_estimate
 
 
 class LiveRequests:
@@ -120,19 +136,10 @@ class LiveRequests:
             if state == seen:
                 continue
             self._live[event_id] = (request, record, state)
-            prompt = record.extra.get("prompt_estimate")
-            if prompt is None and record.body is not None:
-                prompt = record.extra["prompt_estimate"] = estimate_prompt_tokens(record.body)
+            prompt = record.prompt_estimate()
             fields = {"key": state[0], "model": state[1], "dep": state[2],
-                      "prompt": prompt or 0, "completion": state[4]}  # fmt: skip
+                      "prompt": prompt, "completion": state[4]}  # fmt: skip
             self._spool.progress(event_id, fields)
-
-
-RECORD = web.RequestKey("request_record", RequestRecord)
-# Headers a handler wants on its response, streamed or not (rate-limit state, for one).
-RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])
-SIDECAR = web.AppKey("stats_sidecar", UsageSink)
-LIVE_REQUESTS = web.AppKey("live_requests", LiveRequests)
 
 
 @web.middleware
@@ -238,10 +245,7 @@ def _hedge_prompt_tokens(record: RequestRecord) -> int:
     """The prompt tokens cancelled hedges were sent (estimated: they never reported usage)."""
     if record.stream is None or not record.stream.hedges_lost or record.body is None:
         return 0
-    prompt = record.extra.get("prompt_estimate")
-    if prompt is None:
-        prompt = record.extra["prompt_estimate"] = estimate_prompt_tokens(record.body)
-    return int(record.stream.hedges_lost * prompt)
+    return record.stream.hedges_lost * record.prompt_estimate()
 
 
 def _estimate(record: RequestRecord, status: int) -> Usage:
@@ -250,7 +254,7 @@ def _estimate(record: RequestRecord, status: int) -> Usage:
     if record.stream is not None:
         delivered = record.stream.content_events
     else:
-        delivered = int(record.extra.get("answer_tokens", 0))
+        delivered = record.answer_tokens
     if record.body is None or (delivered == 0 and (status >= 400 or record.deployment is None)):
         return Usage(0, 0, exact=True)
     return Usage(estimate_prompt_tokens(record.body), delivered, exact=False)

@@ -15,7 +15,7 @@ from gateway.keys import key_view, new_key, parse_expiry
 from gateway.preflight import weak_master_key
 from gateway.web.auth import check_master_key
 from gateway.web.handlers import read_body
-from gateway.web.keys import CONFIG, STORE
+from gateway.web.state import CONFIG, STORE
 
 
 def _guard(request: web.Request) -> None:

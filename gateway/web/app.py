@@ -31,31 +31,40 @@ from gateway.store import Store, StoreUnavailable, describe, make_store
 from gateway.stream import Termination
 from gateway.upstream import UpstreamPool, Upstreams
 from gateway.web import budgets, handlers, streams
-from gateway.web.accounting import LIVE_REQUESTS, SIDECAR, LiveRequests, accounting_middleware
+from gateway.web.accounting import LiveRequests, accounting_middleware
 from gateway.web.admin import add_admin_routes
 from gateway.web.attempts import ObservedUpstreams
-from gateway.web.auth import AUTHENTICATOR, Authenticator, auth_middleware
-from gateway.web.keys import (
-    CACHE,
-    CONFIG,
-    LIVE_STREAMS,
-    LOAD,
-    POOL,
-    PRICES,
-    ROUTER,
-    STORE,
-    WORKER_STATE,
-    WorkerState,
-)
-from gateway.web.limits import LIMIT_SCOPES, LIMITER, shed_middleware
+from gateway.web.auth import Authenticator, auth_middleware
+from gateway.web.limits import LIMIT_SCOPES, shed_middleware
 from gateway.web.middlewares import (
     add_response_headers,
     cors_middleware,
     error_middleware,
     request_id_middleware,
 )
-from gateway.web.models import MODEL_CATALOG, ModelCatalog, model_catalog
-from gateway.web.streams import STREAMS
+from gateway.web.models import ModelCatalog, model_catalog
+from gateway.web.state import (
+    AUTHENTICATOR,
+    BUS_CONSUMER,
+    CACHE,
+    CONFIG,
+    LIMITER,
+    LIVE_REQUESTS,
+    LIVE_STREAMS,
+    LOAD,
+    MODEL_CATALOG,
+    POOL,
+    PRICES,
+    REDIS,
+    RESUMABLE_QUOTA,
+    ROUTER,
+    SIDECAR,
+    SPOOL,
+    STORE,
+    STREAMS,
+    WORKER_STATE,
+    WorkerState,
+)
 
 if TYPE_CHECKING:
     from gateway.web.telemetry import Tracing
@@ -65,9 +74,6 @@ STATIC = Path(__file__).parent / "static"
 
 # How long the final stats flush may keep retrying an unreachable store at shutdown.
 FINAL_FLUSH_SECONDS = 10.0
-REDIS = web.AppKey("redis", RedisConn)  # only with Redis configured
-SPOOL = web.AppKey("usage_spool", Spool)
-BUS_CONSUMER = web.AppKey("usage_bus_consumer", BusConsumer)
 
 
 def make_app(
@@ -121,7 +127,7 @@ def make_app(
         config.streams,
         RedisLogs(redis, settings=config.streams) if redis is not None else None,
     )
-    app[streams.RESUMABLE_QUOTA] = streams.ResumableQuota(config.streams.max_per_key)
+    app[RESUMABLE_QUOTA] = streams.ResumableQuota(config.streams.max_per_key)
     app.cleanup_ctx.extend(
         [
             _store,

@@ -26,8 +26,8 @@ from gateway.config import AuthSettings, StoreSettings
 from gateway.errors import AuthenticationError, ServiceUnavailable
 from gateway.keys import check_usable, hash_key, invalid_key, looks_like_key
 from gateway.store.base import KeyRecord, Store, StoreUnavailable
+from gateway.web.state import API_KEY, AUTHENTICATOR
 
-API_KEY = web.RequestKey("api_key", KeyRecord)
 CACHE_ENTRIES = 10_000
 NEGATIVE_TTL = 1.0
 # One failed store call opens it; a probe goes through every 2 s (a background refresh when the
@@ -168,9 +168,6 @@ def _store_unavailable() -> ServiceUnavailable:
         code="key_store_unavailable",
         headers={"Retry-After": "2"},
     )
-
-
-AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 
 
 def presented_key(request: web.Request) -> str | None:

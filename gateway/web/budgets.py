@@ -16,18 +16,20 @@ from gateway.background import BackgroundTasks
 from gateway.budget import Budget
 from gateway.config import Config, ModelRoute
 from gateway.guard import MAX_SETTLING, BudgetGuard, KeySpend
-from gateway.ledger import Ledger, LocalLedger, RedisLedger, stored_spend
-from gateway.openai import ParsedRequest, Usage, estimate_prompt_tokens, usage_in_body
+from gateway.ledger import LocalLedger, RedisLedger, stored_spend
+from gateway.openai import (
+    ParsedRequest,
+    Usage,
+    estimate_answer_tokens,
+    estimate_prompt_tokens,
+    usage_in_body,
+)
 from gateway.redisconn import RedisConn
 from gateway.source import EventSource
 from gateway.spend import request_cost
 from gateway.web import access
-from gateway.web.accounting import RECORD
-from gateway.web.auth import API_KEY
-from gateway.web.keys import CONFIG, PRICES, STORE
+from gateway.web.state import API_KEY, CONFIG, LEDGER, PRICES, RECORD, SETTLING, STORE
 
-LEDGER = web.AppKey("budget_ledger", Ledger)
-SETTLING = web.AppKey("budget_settling", BackgroundTasks)
 SETTLE_SECONDS = 5.0  # at shutdown, settlements under way get this long
 
 
@@ -83,10 +85,10 @@ def guard(spend: KeySpend, source: EventSource, granted: int) -> None:
 
 def settle_stream(request: web.Request, spend: KeySpend, source: EventSource) -> None:
     """Settle when the chosen stream ends: the upstream's usage, else what was delivered."""
-    body = request[RECORD].body or {}
+    record = request[RECORD]
 
     def ended(done: EventSource) -> None:
-        usage = done.usage or Usage(estimate_prompt_tokens(body), done.content_events)
+        usage = done.usage or Usage(record.prompt_estimate(), done.content_events)
         settle(request, spend, usage)
 
     source.watch(ended)
@@ -97,8 +99,9 @@ def settle_answer(request: web.Request, spend: KeySpend, status: int, body: byte
     if status >= 400:
         spend.settle_later(0, 0.0)
         return
-    record_body = request[RECORD].body or {}
-    usage = usage_in_body(body) or Usage(estimate_prompt_tokens(record_body), 0)
+    usage = usage_in_body(body) or Usage(
+        request[RECORD].prompt_estimate(), estimate_answer_tokens(body)
+    )
     settle(request, spend, usage)
 
 

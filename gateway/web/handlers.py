@@ -32,13 +32,23 @@ from gateway.relay import relay_stream
 from gateway.source import OpenedUpstream
 from gateway.store import StoreUnavailable
 from gateway.stream import StreamOutcome
-from gateway.web.accounting import RECORD, SIDECAR
-from gateway.web.auth import API_KEY, AUTHENTICATOR
-from gateway.web.keys import CACHE, CONFIG, LIVE_STREAMS, ROUTER, STORE, WORKER_STATE
 from gateway.web.limits import admit, over_capacity
-from gateway.web.middlewares import CLIENT_DIALECT, RESPONSE_HEADERS
-from gateway.web.models import MODEL_CATALOG
 from gateway.web.opener import opener
+from gateway.web.state import (
+    API_KEY,
+    AUTHENTICATOR,
+    CACHE,
+    CLIENT_DIALECT,
+    CONFIG,
+    LIVE_STREAMS,
+    MODEL_CATALOG,
+    RECORD,
+    RESPONSE_HEADERS,
+    ROUTER,
+    SIDECAR,
+    STORE,
+    WORKER_STATE,
+)
 from gateway.web.streams import start_resumable, take_resumable_slot, wants_resumable
 
 log = logging.getLogger("gateway.web")
@@ -237,7 +247,7 @@ async def _serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     record.answered_at = asyncio.get_running_loop().time()
     record.usage = usage_in_body(opened.body)
     if record.usage is None:  # accounted with an estimate, from the answer's text
-        record.extra["answer_tokens"] = estimate_answer_tokens(opened.body)
+        record.answer_tokens = estimate_answer_tokens(opened.body)
     if flight is not None and decision.store and flight.clean:
         headers["X-Gateway-Cache"] = "stored"
     body = opened.body if dialect is None else dialect.completion_to_client(opened.body)

@@ -22,10 +22,7 @@ from gateway.openai import ParsedRequest, estimate_prompt_tokens
 from gateway.ratelimit import RateLimiter, Slot, Verdict, Window
 from gateway.stats import StatsEvent
 from gateway.store.base import KeyRecord
-from gateway.web.keys import LOAD
-from gateway.web.middlewares import RESPONSE_HEADERS
-
-LIMITER = web.AppKey("rate_limiter", RateLimiter)
+from gateway.web.state import LIMITER, LOAD, RESPONSE_HEADERS
 
 _MESSAGES = {
     "global_rps": "The gateway is receiving more requests per second than it is allowed to serve.",

@@ -27,9 +27,7 @@ from gateway.errors import (
 )
 from gateway.logs import REQUEST_ID
 from gateway.store.base import StoreUnavailable
-from gateway.web.accounting import RECORD, RESPONSE_HEADERS
-from gateway.web.auth import API_KEY
-from gateway.web.keys import CONFIG
+from gateway.web.state import API_KEY, CLIENT_DIALECT, CONFIG, RECORD, RESPONSE_HEADERS
 
 log = logging.getLogger("gateway.web")
 
@@ -49,7 +47,6 @@ _REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 # The client dialect of a /v1/responses or /v1/messages request: its errors are in that shape.
-CLIENT_DIALECT = web.RequestKey("client_dialect", ClientDialect)
 
 
 def error_response(error: GatewayError, dialect: ClientDialect | None = None) -> web.Response:

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from gateway.config import WILDCARD_MODEL, Config, Deployment
+from gateway.web.state import MODEL_CATALOG
 
 log = logging.getLogger("gateway.models")
 
@@ -94,9 +95,6 @@ class ModelCatalog:
     def find(self, name: str, allowed: Iterable[str] | None = None) -> dict[str, Any] | None:
         """The entry for ``name``, if listed (and allowed)."""
         return next((entry for entry in self.models(allowed) if entry["id"] == name), None)
-
-
-MODEL_CATALOG = web.AppKey("model_catalog", ModelCatalog)
 
 
 async def fetch_models(

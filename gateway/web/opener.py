@@ -22,7 +22,7 @@ from gateway.source import EventSource, GapCounts, OpenedUpstream
 from gateway.stream import UpstreamResponse
 from gateway.web import budgets
 from gateway.web.accounting import model_label
-from gateway.web.keys import CONFIG, ROUTER
+from gateway.web.state import CONFIG, ROUTER
 
 
 def upstream_call(

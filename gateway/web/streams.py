@@ -28,17 +28,13 @@ from gateway.errors import (
 from gateway.openai import ParsedRequest
 from gateway.redisconn import RedisUnavailable
 from gateway.relay import SSE_HEADERS
-from gateway.resumable import EventLog, RedisLogs, ResumableStream, ResumableStreams
+from gateway.resumable import EventLog, RedisLogs, ResumableStream
 from gateway.source import OpenedUpstream
 from gateway.sse import encode_comment, encode_event
 from gateway.stream import StreamOutcome
-from gateway.web.accounting import RECORD
-from gateway.web.auth import API_KEY
-from gateway.web.keys import CONFIG
 from gateway.web.limits import client_ip
-from gateway.web.middlewares import RESPONSE_HEADERS
+from gateway.web.state import API_KEY, CONFIG, RECORD, RESPONSE_HEADERS, RESUMABLE_QUOTA, STREAMS
 
-STREAMS = web.AppKey("resumable_streams", ResumableStreams)
 KEEPALIVE = encode_comment(b"keep-alive")
 TOUCH_SECONDS = 1.0
 RESUMABLE_HEADER = "X-Gateway-Resumable"
@@ -86,9 +82,6 @@ class ResumableQuota:
         self.running[subject] -= 1
         if self.running[subject] <= 0:
             del self.running[subject]
-
-
-RESUMABLE_QUOTA = web.AppKey("resumable_quota", ResumableQuota)
 
 
 def take_resumable_slot(request: web.Request, parsed: ParsedRequest) -> None:

@@ -26,7 +26,8 @@ from gateway.errors import GatewayError
 from gateway.stats import StatsEvent
 from gateway.trail import reason
 from gateway.web.access import upstream_model
-from gateway.web.accounting import RECORD, RequestRecord, retries
+from gateway.web.accounting import RequestRecord, retries
+from gateway.web.state import RECORD
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
