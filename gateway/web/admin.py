@@ -14,7 +14,7 @@ from gateway.errors import InvalidJSON, InvalidRequest, NotFound, PermissionDeni
 from gateway.keys import key_view, new_key, parse_expiry
 from gateway.preflight import weak_master_key
 from gateway.web.auth import check_master_key
-from gateway.web.handlers import read_body
+from gateway.web.proxy import read_body
 from gateway.web.state import CONFIG, STORE
 
 

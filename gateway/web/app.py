@@ -30,7 +30,7 @@ from gateway.stats import StatsSidecar, UsageSink
 from gateway.store import Store, StoreUnavailable, describe, make_store
 from gateway.stream import Termination
 from gateway.upstream import UpstreamPool, Upstreams
-from gateway.web import budgets, handlers, streams
+from gateway.web import budgets, info, proxy, streams
 from gateway.web.accounting import LiveRequests, accounting_middleware
 from gateway.web.admin import add_admin_routes
 from gateway.web.attempts import ObservedUpstreams
@@ -145,19 +145,19 @@ def make_app(
     app.on_response_prepare.append(add_response_headers)
     app.on_shutdown.append(_drain_streams)
     app.on_shutdown.append(_end_resumable_streams)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_post("/v1/completions", handlers.completions)
-    app.router.add_post("/v1/embeddings", handlers.embeddings)
-    app.router.add_post("/v1/responses", handlers.responses)
-    app.router.add_post("/v1/messages", handlers.messages)
-    app.router.add_post("/v1/messages/count_tokens", handlers.count_tokens)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{model}", handlers.get_model)
-    app.router.add_get("/health", handlers.health)
-    app.router.add_get("/health/ready", handlers.ready)
-    app.router.add_get("/health/detailed", handlers.health_detailed)
-    app.router.add_get("/metrics", handlers.metrics_exposition)
-    app.router.add_get("/", handlers.playground)
+    app.router.add_post("/v1/chat/completions", proxy.chat_completions)
+    app.router.add_post("/v1/completions", proxy.completions)
+    app.router.add_post("/v1/embeddings", proxy.embeddings)
+    app.router.add_post("/v1/responses", proxy.responses)
+    app.router.add_post("/v1/messages", proxy.messages)
+    app.router.add_post("/v1/messages/count_tokens", info.count_tokens)
+    app.router.add_get("/v1/models", info.list_models)
+    app.router.add_get("/v1/models/{model}", info.get_model)
+    app.router.add_get("/health", info.health)
+    app.router.add_get("/health/ready", info.ready)
+    app.router.add_get("/health/detailed", info.health_detailed)
+    app.router.add_get("/metrics", info.metrics_exposition)
+    app.router.add_get("/", info.playground)
     app.router.add_static("/playground/", STATIC, show_index=False)
     app.router.add_get("/v1/streams/{stream_id}", streams.resume)
     app.router.add_post("/v1/streams/{stream_id}/cancel", streams.cancel)
