@@ -12,16 +12,22 @@ byte: from then on a failure is the relay's final error event.
 from __future__ import annotations
 
 import asyncio
-import collections
 import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from gateway import metrics, trail
 from gateway.breaker import BreakerState, CircuitBreaker
-from gateway.config import Config, Deployment, ModelRoute
+from gateway.config import Config, ModelRoute
+from gateway.deployments import (
+    Attempt,
+    BodyFor,
+    DeploymentHealth,
+    KeyPool,
+    MakeSource,
+    Opened,
+)
 from gateway.dialects import UPSTREAM_TYPES
 from gateway.errors import (
     GatewayError,
@@ -32,117 +38,8 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from gateway.source import EventSource
-from gateway.stream import UpstreamResponse
+from gateway.hedging import HedgedRace
 from gateway.upstream import Upstreams
-
-LATENCY_WEIGHT = 0.2  # of each new sample in the moving average of time to first byte
-P95_WINDOW = 200  # recent times to first event kept per deployment, for `hedge: {after: p95}`
-P95_MIN_SAMPLES = 20
-
-
-class KeyPool:
-    """An upstream deployment's API keys, rotated, with keys answered 429 resting a while."""
-
-    __slots__ = ("_clock", "_keys", "_next", "_resting")
-
-    def __init__(self, keys: tuple[str, ...], clock: Callable[[], float]) -> None:
-        self._keys = keys
-        self._clock = clock
-        self._next = 0
-        self._resting: dict[str, float] = {}
-
-    def pick(self) -> str | None:
-        """The next usable key; None when every key is resting (or the deployment has none: "")."""
-        if not self._keys:
-            return ""
-        now = self._clock()
-        for _ in range(len(self._keys)):
-            key = self._keys[self._next % len(self._keys)]
-            self._next += 1
-            if self._resting.get(key, 0.0) <= now:
-                return key
-        return None
-
-    def rest(self, key: str, seconds: float) -> None:
-        """Skip ``key`` for ``seconds``."""
-        if key:
-            self._resting[key] = self._clock() + seconds
-
-
-@dataclass(slots=True)
-class DeploymentHealth:
-    """What the router knows about one deployment in this worker."""
-
-    deployment: Deployment
-    breaker: CircuitBreaker
-    keys: KeyPool
-    latency: float | None = None  # moving average of time to first event, seconds
-    recent: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=P95_WINDOW)
-    )
-
-    def observe(self, seconds: float) -> None:
-        self.recent.append(seconds)
-        self.latency = (
-            seconds
-            if self.latency is None
-            else self.latency + LATENCY_WEIGHT * (seconds - self.latency)
-        )
-
-    def p95(self) -> float | None:
-        """The 95th percentile of recent times to first event (None until enough samples)."""
-        if len(self.recent) < P95_MIN_SAMPLES:
-            return None
-        ordered = sorted(self.recent)
-        return ordered[int(0.95 * (len(ordered) - 1))]
-
-    def wait_beyond(self, waited: float) -> float:
-        """How much longer than ``waited`` a first event takes here, on average of the recent
-        ones that took longer (0 when none did): what a hedge that won at ``waited`` saved.
-
-        An estimate, and a low one: a first attempt a hedge beat was cancelled, so the window
-        holds only how long it had waited by then (a lower bound), not its real time."""
-        later = [seconds - waited for seconds in self.recent if seconds > waited]
-        return sum(later) / len(later) if later else 0.0
-
-
-@dataclass(slots=True)
-class Attempt:
-    """One step of a plan: a deployment and the route it serves the request for."""
-
-    health: DeploymentHealth
-    route: ModelRoute
-
-
-@dataclass(slots=True)
-class Opened:
-    """An answer that arrived, and where it came from: a stream whose first event is in, or a
-    whole body."""
-
-    deployment: Deployment
-    route: ModelRoute
-    source: EventSource | None = None
-    status: int = 200
-    body: bytes = b""
-    attempts: int = 1
-    hedges: int = 0  # extra requests sent because the first event was late
-    hedges_lost: int = 0  # of the requests raced, how many were cancelled (their prompt is paid)
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamCall:
-    """What to send one deployment: the body, and where the deployment's type wants it."""
-
-    body: bytes
-    path: str | None = None  # None: the endpoint's own path
-    headers: Mapping[str, str] | None = None
-    api_key: str | None = None  # for the pool's Bearer header (OpenAI-style deployments)
-
-
-# The request for a deployment, given the route it serves and the upstream key picked for it.
-BodyFor = Callable[[ModelRoute, Deployment, str | None], UpstreamCall]
-MakeSource = Callable[[UpstreamResponse, Deployment], EventSource]
 
 
 class Router:
@@ -160,11 +57,11 @@ class Router:
         self._config = config
         self._upstreams = upstreams
         self._in_flight = in_flight
-        self._clock = clock
+        self.clock = clock
         self._rng = rng or random.Random()
-        self._retry = config.routing.retries
+        self.retry = config.routing.retries
         self._active = 0
-        self._retrying = 0
+        self.retrying = 0
         self.health = {
             name: DeploymentHealth(
                 deployment,
@@ -217,12 +114,12 @@ class Router:
         """
         self._active += 1
         try:
-            async with asyncio.timeout(self._retry.max_time):
+            async with asyncio.timeout(self.retry.max_time):
                 return await self._walk(route, path, body_for, make_source, body_limit)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"No deployment of '{route.name}' answered within "
-                f"routing.retries.max_time ({self._retry.max_time:g} s)."
+                f"routing.retries.max_time ({self.retry.max_time:g} s)."
             ) from None
         finally:
             self._active -= 1
@@ -235,13 +132,13 @@ class Router:
         make_source: MakeSource | None,
         body_limit: int,
     ) -> Opened:
-        deadline = self._clock() + self._retry.max_time
+        deadline = self.clock() + self.retry.max_time
         last: GatewayError | None = None
         sent = 0
         counted: set[str] = set()  # deployments this request already counted a failure against
         plan = self.plan(route)
         turn = skipped = 0  # the plan is walked round again while attempts remain
-        while sent < self._retry.attempts and skipped < len(plan) and self._clock() < deadline:
+        while sent < self.retry.attempts and skipped < len(plan) and self.clock() < deadline:
             attempt = plan[turn % len(plan)]
             turn += 1
             health = attempt.health
@@ -255,22 +152,22 @@ class Router:
                 continue
             skipped = 0
             if sent:
-                if not self._may_retry():
+                if not self.may_retry():
                     health.breaker.release()
                     break
                 delay = self._backoff(sent, last)
-                if self._clock() + delay >= deadline:
+                if self.clock() + delay >= deadline:
                     health.breaker.release()
                     break
-                self._retrying += 1
+                self.retrying += 1
                 try:
                     await asyncio.sleep(delay)
                 finally:
-                    self._retrying -= 1
+                    self.retrying -= 1
                 metrics.UPSTREAM_RETRIES.labels(health.deployment.name, _reason(last)).inc()
                 trail.retrying(health.deployment.name, last, delay)
             sent += 1
-            started = self._clock()
+            started = self.clock()
             name = health.deployment.name
             try:
                 opened = await self._attempt_or_race(
@@ -285,14 +182,14 @@ class Router:
                 last = exc
                 continue
             except GatewayError as exc:
-                last = self._judge(health, key, exc, counted)
+                last = self.judge(health, key, exc, counted)
             except BaseException:
                 health.breaker.release()
                 raise
             else:
                 answered = self.health[opened.deployment.name]  # a hedge may have won
                 answered.breaker.success()
-                answered.observe(self._clock() - started)
+                answered.observe(self.clock() - started)
                 if attempt.route is not route:
                     metrics.FALLBACKS.labels(route.name, attempt.route.name).inc()
                     trail.fell_back(route.name, attempt.route.name, health.deployment.name)
@@ -304,7 +201,7 @@ class Router:
             raise last
         raise self._all_unavailable(route)
 
-    async def _attempt(
+    async def attempt(
         self,
         attempt: Attempt,
         path: str,
@@ -340,14 +237,14 @@ class Router:
             response.close()
         return Opened(deployment, attempt.route, status=response.status, body=body)
 
-    def _judge(
+    def judge(
         self, health: DeploymentHealth, key: str, error: GatewayError, counted: set[str]
     ) -> GatewayError:
         """Apply a failed attempt to the breaker and the key pool. Returns the error when the
         request may go elsewhere; raises it when the request itself is at fault."""
         if isinstance(error, UpstreamStatusError):
             kind = UPSTREAM_TYPES[health.deployment.type]
-            if error.upstream_status not in self._retry.statuses and not kind.retryable(
+            if error.upstream_status not in self.retry.statuses and not kind.retryable(
                 error.upstream_status, error.body
             ):
                 health.breaker.release()  # the request is at fault, not the deployment
@@ -377,127 +274,11 @@ class Router:
         body_limit: int,
         counted: set[str],
     ) -> Opened:
-        """One attempt, or for a hedged route a race: when the first event is late, the same
-        request also goes to the next deployment of the plan, and the first stream to deliver an
-        event wins; the others are cancelled. Hedges share the retry budget.
-
-        A hedge's failure is judged here; the first attempt's is left to the caller (unless a
-        hedge wins). Racers still running when the race is decided are cancelled and released.
-        """
-        hedge = attempt.route.hedge
-        if hedge is None or make_source is None:
-            return await self._attempt(attempt, path, body_for, key, make_source, body_limit)
-        delay = hedge.after if hedge.after is not None else attempt.health.p95()
-        primary = asyncio.ensure_future(
-            self._attempt(attempt, path, body_for, key, make_source, body_limit)
-        )
-        racers: dict[asyncio.Future[Opened], tuple[DeploymentHealth, str]] = {
-            primary: (attempt.health, key)
-        }
-        extra = 0
-        started = self._clock()
-        primary_error: GatewayError | None = None
-        try:
-            while racers:
-                wait = None
-                if delay is not None and extra < hedge.max_extra:
-                    wait = max(0.0, started + delay * (extra + 1) - self._clock())
-                done, _ = await asyncio.wait(
-                    racers, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    extra += 1
-                    if not self._hedge(plan, racers, path, body_for, make_source, body_limit):
-                        extra = hedge.max_extra  # nowhere to hedge to, or no budget
-                    continue
-                for task in done:
-                    health, racer_key = racers.pop(task)
-                    error = task.exception()
-                    if error is None:
-                        if primary_error is not None:
-                            self._judge(attempt.health, key, primary_error, counted)
-                        elapsed = self._clock() - started
-                        return self._won(task, primary, racers, extra, elapsed, attempt)
-                    if not isinstance(error, GatewayError):
-                        raise error
-                    if task is primary:
-                        if not racers:
-                            raise error
-                        if isinstance(error, UpstreamStatusError) and (
-                            error.upstream_status not in self._retry.statuses
-                        ):
-                            raise error  # the request is at fault: no hedge will do better
-                        primary_error = error
-                    else:
-                        self._judge(health, racer_key, error, counted)
-            assert primary_error is not None
-            raise primary_error
-        finally:
-            for task, (health, _) in racers.items():
-                task.cancel()
-                task.add_done_callback(_close_late_winner)
-                health.breaker.release()
-
-    def _hedge(
-        self,
-        plan: list[Attempt],
-        racers: dict[asyncio.Future[Opened], tuple[DeploymentHealth, str]],
-        path: str,
-        body_for: BodyFor,
-        make_source: MakeSource,
-        body_limit: int,
-    ) -> bool:
-        """Start the same request on the next deployment of the plan that is not racing yet."""
-        if not self._may_retry():
-            metrics.HEDGES.labels("no_budget").inc()
-            return False
-        busy = {health.deployment.name for health, _ in racers.values()}
-        for candidate in plan:
-            health = candidate.health
-            if health.deployment.name in busy or not health.breaker.allow():
-                continue
-            key = health.keys.pick()
-            if key is None:
-                health.breaker.release()
-                continue
-            task = asyncio.ensure_future(
-                self._attempt(candidate, path, body_for, key, make_source, body_limit)
-            )
-            racers[task] = (health, key)
-            self._retrying += 1
-            task.add_done_callback(self._hedge_done)
-            return True
-        return False
-
-    def _hedge_done(self, task: asyncio.Future[Opened]) -> None:
-        self._retrying -= 1
-
-    def _won(
-        self,
-        winner: asyncio.Future[Opened],
-        primary: asyncio.Future[Opened],
-        racers: dict[asyncio.Future[Opened], tuple[DeploymentHealth, str]],
-        extra: int,
-        elapsed: float,
-        first: Attempt,
-    ) -> Opened:
-        opened = winner.result()
-        if primary in racers:
-            # The slow primary lost: its time to first event was at least this long. Kept in its
-            # window, or the slow answers hedged away would vanish from its p95 and `after: p95`
-            # would hedge at the fast ones' p95.
-            racers[primary][0].recent.append(elapsed)
-        opened.hedges = extra
-        opened.hedges_lost = len(racers)  # still running: cancelled, their prompt paid
-        if extra == 0:
-            metrics.HEDGES.labels("not_needed").inc()
-        elif winner is primary:
-            metrics.HEDGES.labels("lost").inc()
-        else:
-            metrics.HEDGES.labels("won").inc()
-            saved = first.health.wait_beyond(elapsed)
-            metrics.HEDGE_TIME_SAVED.labels(first.route.name).inc(saved)
-        return opened
+        """One attempt, or for a hedged route a race (gateway/hedging.py)."""
+        if attempt.route.hedge is None or make_source is None:
+            return await self.attempt(attempt, path, body_for, key, make_source, body_limit)
+        race = HedgedRace(self, attempt, plan, path, body_for, make_source, body_limit, counted)
+        return await race.run(key)
 
     def _failed(self, health: DeploymentHealth, counted: set[str]) -> None:
         """A deployment failed this request: its breaker counts it once per request, and never
@@ -517,14 +298,14 @@ class Router:
             if name in route.deployments
         )
 
-    def _may_retry(self) -> bool:
+    def may_retry(self) -> bool:
         """The retry budget: retries in flight stay under a share of the active requests."""
-        budget = max(self._retry.budget_min, int(self._retry.budget_ratio * self._active))
-        return self._retrying < budget
+        budget = max(self.retry.budget_min, int(self.retry.budget_ratio * self._active))
+        return self.retrying < budget
 
     def _backoff(self, sent: int, last: GatewayError | None) -> float:
         """Full jitter, and at least the upstream's Retry-After when it asked for one."""
-        ceiling = min(self._retry.backoff_max, self._retry.backoff_base * 2 ** (sent - 1))
+        ceiling = min(self.retry.backoff_max, self.retry.backoff_base * 2 ** (sent - 1))
         delay = self._rng.uniform(0, ceiling)
         if isinstance(last, UpstreamStatusError) and last.upstream_status != 429:
             delay = max(delay, _retry_after(last) or 0.0)
@@ -553,15 +334,6 @@ class Router:
             }
             for name, health in self.health.items()
         }
-
-
-def _close_late_winner(task: asyncio.Future[Opened]) -> None:
-    """A racer that answered after the race was decided: close what it opened."""
-    if task.cancelled() or task.exception() is not None:
-        return
-    source = task.result().source
-    if source is not None:
-        source.close()
 
 
 def _reason(error: GatewayError | None) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.breaker import BreakerState
 from gateway.config import Config, Deployment, ModelRoute, load_config
+from gateway.deployments import UpstreamCall
 from gateway.errors import (
     GatewayError,
     ServiceUnavailable,
@@ -19,7 +20,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from gateway.router import Router, UpstreamCall
+from gateway.router import Router
 
 
 class ScriptedUpstreams:

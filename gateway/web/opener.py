@@ -14,10 +14,10 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.config import Deployment, ModelRoute
+from gateway.deployments import Opened, UpstreamCall
 from gateway.dialects import UPSTREAM_TYPES
 from gateway.dialects.base import UpstreamSettings
 from gateway.openai import ParsedRequest
-from gateway.router import Opened, UpstreamCall
 from gateway.source import EventSource, GapCounts, OpenedUpstream
 from gateway.stream import UpstreamResponse
 from gateway.web import budgets
