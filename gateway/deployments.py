@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway.breaker import CircuitBreaker
 from gateway.config import Deployment, ModelRoute
@@ -119,3 +120,20 @@ class UpstreamCall:
 # The request for a deployment, given the route it serves and the upstream key picked for it.
 BodyFor = Callable[[ModelRoute, Deployment, str | None], UpstreamCall]
 MakeSource = Callable[[UpstreamResponse, Deployment], EventSource]
+
+
+class OpenedUpstream(Protocol):
+    """What the router hands over: where the answer came from, and either a stream (its first
+    event already in) or a whole body."""
+
+    @property
+    def deployment(self) -> Deployment: ...
+
+    @property
+    def source(self) -> EventSource | None: ...
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def body(self) -> bytes: ...

@@ -13,8 +13,9 @@ everything else once per request or per flush.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -293,3 +294,28 @@ def publish_inter_event(model: str) -> Callable[[list[int], float], None]:
         child._sum.inc(total)
 
     return publish
+
+
+class GapCounts:
+    """Inter-event gaps bucketed in plain ints, published once per stream (a multiprocess metric
+    update is an mmap write under a lock: never one per event)."""
+
+    __slots__ = ("bounds", "counts", "publish_to", "total")
+
+    def __init__(
+        self, bounds: Sequence[float], publish_to: Callable[[list[int], float], None]
+    ) -> None:
+        self.bounds = list(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        self.publish_to = publish_to
+
+    def add(self, gap: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, gap)] += 1
+        self.total += gap
+
+    def publish(self) -> None:
+        if any(self.counts):
+            self.publish_to(self.counts, self.total)
+            self.counts = [0] * len(self.counts)
+            self.total = 0.0

@@ -23,10 +23,11 @@ from aiohttp import web
 
 from gateway import metrics, redact
 from gateway.config import ServerSettings
+from gateway.deployments import OpenedUpstream
 from gateway.dialects.base import ClientEncoder
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamTimeout
-from gateway.source import KEEPALIVE_COMMENT, EventSource, OpenedUpstream
-from gateway.sse import DONE
+from gateway.source import EventSource
+from gateway.sse import DONE, KEEPALIVE
 from gateway.stream import StreamOutcome, Termination
 
 SSE_HEADERS = {
@@ -229,7 +230,7 @@ class ClientRelay:
                 if self.response is None:
                     await self._prepare()
                 assert self.response is not None
-                await self.response.write(KEEPALIVE_COMMENT)
+                await self.response.write(KEEPALIVE)
         except BaseException:
             task.cancel()
             if task.done() and not task.cancelled() and task.exception() is None:
@@ -352,7 +353,7 @@ class ClientRelay:
             self._write(out)
 
     def keepalive(self) -> None:
-        self._write(KEEPALIVE_COMMENT)
+        self._write(KEEPALIVE)
 
     def finish(self, error: GatewayError | None) -> None:
         self.ended = True

@@ -24,9 +24,10 @@ from typing import Any
 from gateway import metrics
 from gateway.background import mark_retrieved
 from gateway.config import StreamSettings
+from gateway.deployments import OpenedUpstream
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.redisconn import RedisConn, RedisUnavailable
-from gateway.source import EventSource, OpenedUpstream
+from gateway.source import EventSource
 from gateway.stream import StreamOutcome, Termination
 
 log = logging.getLogger("gateway.resumable")

@@ -18,68 +18,29 @@ later gets the buffered events at once, then everything live.
 from __future__ import annotations
 
 import asyncio
-import bisect
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable
 
 from gateway import redact
 from gateway.config import Deployment
-from gateway.dialects.base import UpstreamDecoder
+from gateway.dialects.base import UpstreamDecoder, decode_events
 from gateway.errors import GatewayError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from gateway.gate import Gate
+from gateway.metrics import GapCounts
 from gateway.openai import Usage, carries_content, usage_in_event
-from gateway.sse import DONE, EventTooLarge, SSEEvent, SSEParser, encode_comment, encode_event
-from gateway.stream import Sink, Termination, UpstreamResponse
+from gateway.recording import Recording
+from gateway.sse import DONE, DONE_EVENT, EventTooLarge, SSEEvent, SSEParser, encode_event
+from gateway.stream import Guard, Sink, Termination, UpstreamResponse
 
-DONE_EVENT = b"data: [DONE]\n\n"
-KEEPALIVE_COMMENT = encode_comment(b"keep-alive")
 _ERROR_PREFIX = b'{"error"'
 _USAGE_MARK = b'"usage":{'
-
-
-class Guard(Protocol):
-    """Sees each batch before any sink (the budget guard)."""
-
-    def admit(self, payloads: list[bytes]) -> int:
-        """How many of the batch's leading events may go out now."""
-
-    def wait(self) -> None:
-        """Events are held: call ``release()`` once they may go, or end the stream."""
-
-
-class GapCounts:
-    """Inter-event gaps bucketed in plain ints, published once per stream (a multiprocess metric
-    update is an mmap write under a lock: never one per event)."""
-
-    __slots__ = ("bounds", "counts", "publish_to", "total")
-
-    def __init__(
-        self, bounds: Sequence[float], publish_to: Callable[[list[int], float], None]
-    ) -> None:
-        self.bounds = list(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.total = 0.0
-        self.publish_to = publish_to
-
-    def add(self, gap: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, gap)] += 1
-        self.total += gap
-
-    def publish(self) -> None:
-        if any(self.counts):
-            self.publish_to(self.counts, self.total)
-            self.counts = [0] * len(self.counts)
-            self.total = 0.0
 
 
 class EventSource:
     """Reads one upstream SSE stream and delivers its framed events to sinks."""
 
     __slots__ = (
-        "_backlog",
-        "_held",
         "_loop",
         "_paused",
-        "_pending_end",
         "_timer",
         "_wake_at",
         "content_events",
@@ -91,15 +52,12 @@ class EventSource:
         "first",
         "first_event_at",
         "gaps",
-        "guard_sink",
+        "gate",
         "idle",
         "keepalive",
         "last_delivery",
         "last_event_at",
-        "offsets",
         "parser",
-        "record_limit",
-        "recorded_bytes",
         "recording",
         "response",
         "sinks",
@@ -126,17 +84,9 @@ class EventSource:
         self.idle = deployment.timeouts.idle
         self.parser = SSEParser()
         self.sinks: list[Sink] = []
-        self.guard_sink: Guard | None = None  # sees every batch first (see guard())
-        self._held: list[tuple[list[bytes], list[bytes], bool]] | None = None  # by the guard
-        self._pending_end: tuple[GatewayError | None] | None = None  # came while holding
-        # What was framed, kept for sinks that attach later: until the first sink attaches, or
-        # while it stays under ``record_limit`` bytes (coalescing and the cache need it all).
-        self._backlog: list[tuple[bytes, list[bytes], bool]] = []
-        self.offsets: list[float] = []  # per backlog item, seconds after the first event
-        self.record_limit = record_limit
+        self.gate: Gate | None = None  # a guard that sees every batch first (see guard())
+        self.recording = Recording(record_limit)  # what was framed, for sinks that come later
         self.decoder = decoder  # a provider's own events -> canonical chunks (None: OpenAI's)
-        self.recorded_bytes = 0
-        self.recording = True
         self.first: asyncio.Future[None] = loop.create_future()
         self.done = False
         self.error: GatewayError | None = None
@@ -168,11 +118,7 @@ class EventSource:
 
     def attach(self, sink: Sink) -> None:
         """Add a sink: it gets what was framed before it came, then everything live."""
-        for framed, payloads, usage_only in self._backlog:
-            sink.deliver(framed, payloads, usage_only)
-        if not self.record_limit:
-            self._backlog, self.offsets = [], []
-            self.recording = False
+        self.recording.replay_to(sink)
         if self.done:
             sink.finish(self.error)
             return
@@ -183,25 +129,12 @@ class EventSource:
         may hold it back or end the stream there (the budget guard). It is not a reader: the
         backlog stays for the first sink, and its leaving cancels nothing."""
         assert self.events == 0, "a guard is set before the first event"
-        self.guard_sink = guard
+        self.gate = Gate(guard, self)
 
     def release(self) -> None:
-        """The guard has room again: what it held goes out in order (it may hold again), then
-        an end that came meanwhile."""
-        held, self._held = self._held, None
-        if held is None or self.done:
-            return
-        self.resume()
-        for index, batch in enumerate(held):
-            if self.done:
-                return
-            if self._held is not None:  # held again: the rest waits behind it
-                self._held.extend(held[index:])
-                return
-            self._guarded(*batch)
-        if self._pending_end is not None and not self.done:
-            ending, self._pending_end = self._pending_end, None
-            self._end(ending[0])
+        """The guard has room again: what it held goes on (see gateway/gate.py)."""
+        if self.gate is not None:
+            self.gate.release()
 
     def watch(self, watcher: Callable[[EventSource], None]) -> None:
         """Call ``watcher`` once the stream is over (at once if it is already)."""
@@ -221,7 +154,8 @@ class EventSource:
         """End the stream now with ``error`` (the upstream is cancelled, every sink told)."""
         if not self.done:
             self.termination = Termination.UPSTREAM_ERROR
-            self._held = self._pending_end = None  # what a guard held is dropped with it
+            if self.gate is not None:
+                self.gate.drop()  # what the guard held goes with it
             self._end(error)
 
     def close(self) -> None:
@@ -231,7 +165,8 @@ class EventSource:
         self.done = True
         self.termination = Termination.CLIENT_DISCONNECT
         self.error = UpstreamError("Every client of this stream left; it was cancelled.")
-        self._held = self._pending_end = None
+        if self.gate is not None:
+            self.gate.drop()
         self.sinks = []
         self._cancel_timer()
         if self.gaps is not None:
@@ -287,28 +222,11 @@ class EventSource:
             return
         failure: GatewayError | None = None
         if self.decoder is not None and events:
-            events, failure = self._decode(events)
+            events, failure = decode_events(self.decoder, events)
         if events:
             self._process(events)
         if failure is not None and not self.done:
             self._fail(failure)  # after what the same read delivered before it
-
-    def _decode(self, events: list[SSEEvent]) -> tuple[list[SSEEvent], GatewayError | None]:
-        """A provider's events as canonical chat chunks (its end marker as [DONE]), and its own
-        error event (or garbage in its place) if one came."""
-        decoder = self.decoder
-        assert decoder is not None
-        out: list[SSEEvent] = []
-        for event in events:
-            try:
-                payloads = decoder.feed(event)
-            except GatewayError as exc:
-                return out, exc
-            out.extend(SSEEvent(payload) for payload in payloads)
-            if decoder.finished:
-                out.append(SSEEvent(DONE))
-                break
-        return out, None
 
     def _process(self, events: list[SSEEvent]) -> None:
         now = self._loop.time()
@@ -338,12 +256,14 @@ class EventSource:
                     if usage_only:
                         self._deliver(parts, payloads, False)
                         parts, payloads = [], []
-                        self._deliver([_frame(data, event.event, event.id)], [data], True)
+                        self._deliver(
+                            [encode_event(data, event=event.event, id=event.id)], [data], True
+                        )
                         continue
             self.events += 1
             if data.startswith(_ERROR_PREFIX):
                 data = redact.error_event(data)  # an upstream's own error may echo its key
-            parts.append(_frame(data, event.event, event.id))
+            parts.append(encode_event(data, event=event.event, id=event.id))
             payloads.append(data)
             if data.startswith(_ERROR_PREFIX):
                 # The upstream reported its own failure: it is the stream's last event.
@@ -374,64 +294,30 @@ class EventSource:
             return
         if not self.first.done():
             self.first.set_result(None)
-        if self.guard_sink is not None:
-            self._guarded(parts, payloads, usage_only)
+        if self.gate is not None:
+            self.gate.offer(parts, payloads, usage_only)
             return
-        self._pass(parts[0] if len(parts) == 1 else b"".join(parts), payloads, usage_only)
+        self.pass_on(parts[0] if len(parts) == 1 else b"".join(parts), payloads, usage_only)
 
-    def _guarded(self, parts: list[bytes], payloads: list[bytes], usage_only: bool) -> None:
-        """Through the guard: the events it admits go out, the rest wait for its next lease."""
-        if self._held is not None:
-            self._held.append((parts, payloads, usage_only))
-            return
-        assert self.guard_sink is not None
-        taken = self.guard_sink.admit(payloads)
-        if taken:
-            framed = parts[0] if taken == 1 else b"".join(parts[:taken])
-            self._pass(framed, payloads if taken == len(payloads) else payloads[:taken], usage_only)
-        if taken < len(parts) and not self.done:
-            self._held = [(parts[taken:], payloads[taken:], usage_only)]
-            self.pause()
-            self.guard_sink.wait()  # for a lease; or, with the budget spent, the stream ends
-
-    def _pass(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
-        if self.recording:
-            self._record(framed, payloads, usage_only)
+    def pass_on(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
+        """Record a batch and hand it to every sink."""
+        if self.recording.on:
+            assert self.first_event_at is not None
+            offset = self._loop.time() - self.first_event_at
+            self.recording.add((framed, payloads, usage_only), offset, shared=bool(self.sinks))
         for sink in self.sinks:
             sink.deliver(framed, payloads, usage_only)
             if self.done:
                 break  # a sink ended the stream (a budget guard): the rest do not get it
 
-    def _record(self, framed: bytes, payloads: list[bytes], usage_only: bool) -> None:
-        self.recorded_bytes += len(framed)
-        if self.sinks and self.recorded_bytes > self.record_limit:
-            # Too large to keep: no longer joinable nor cacheable; sinks already have it all.
-            self.recording = False
-            self._backlog, self.offsets = [], []
-            return
-        assert self.first_event_at is not None
-        self._backlog.append((framed, payloads, usage_only))
-        self.offsets.append(self._loop.time() - self.first_event_at)
-
-    @property
-    def recorded(self) -> bool:
-        """Everything framed is still held: a late sink can join, the cache can store it."""
-        return self.recording
-
-    def recording_bytes(self) -> tuple[bytes, list[tuple[int, float]]]:
-        """The recorded stream as SSE bytes, with (end offset, seconds) per delivery."""
-        marks: list[tuple[int, float]] = []
-        end = 0
-        for (framed, _, _), offset in zip(self._backlog, self.offsets, strict=True):
-            end += len(framed)
-            marks.append((end, round(offset, 4)))
-        return b"".join(framed for framed, _, _ in self._backlog), marks
-
     def _end(self, error: GatewayError | None) -> None:
-        """The stream is over: tell the sinks, release (or keep) the upstream connection."""
-        if self._held is not None:
-            self._pending_end = (error,)  # after what the guard holds (see release)
+        if self.gate is not None and self.gate.holding:
+            self.gate.ending = (error,)  # after what the guard holds
             return
+        self.finish_now(error)
+
+    def finish_now(self, error: GatewayError | None) -> None:
+        """The stream is over: tell the sinks, release (or keep) the upstream connection."""
         self.done = True
         self.error = error
         self._cancel_timer()
@@ -511,26 +397,3 @@ class EventSource:
                 sink.keepalive()
             keepalive_at = now + self.keepalive
         self._arm(min(idle_at, keepalive_at))
-
-
-def _frame(data: bytes, event: bytes | None, event_id: bytes | None) -> bytes:
-    if event is None and event_id is None and b"\n" not in data:
-        return b"data: " + data + b"\n\n"
-    return encode_event(data, event=event, id=event_id)
-
-
-class OpenedUpstream(Protocol):
-    """What the router hands over: where the answer came from, and either a stream (its first
-    event already in) or a whole body."""
-
-    @property
-    def deployment(self) -> Deployment: ...
-
-    @property
-    def source(self) -> EventSource | None: ...
-
-    @property
-    def status(self) -> int: ...
-
-    @property
-    def body(self) -> bytes: ...

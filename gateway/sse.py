@@ -205,3 +205,7 @@ def encode_event(data: bytes, *, event: bytes | None = None, id: bytes | None = 
 def encode_comment(text: bytes) -> bytes:
     """A comment line, which clients ignore: used for keep-alives."""
     return b": " + text + b"\n\n"
+
+
+DONE_EVENT = b"data: [DONE]\n\n"  # the end of an OpenAI-style stream, framed
+KEEPALIVE = encode_comment(b"keep-alive")  # what an idle stream sends every keep-alive interval

@@ -116,3 +116,13 @@ class Sink(Protocol):
         """The stream is over. ``None``: its last event ([DONE] or the upstream's own error
         event) was delivered. Otherwise the engine's failure, for the sink to report its way."""
         ...
+
+
+class Guard(Protocol):
+    """Sees each batch before any sink (the budget guard)."""
+
+    def admit(self, payloads: list[bytes]) -> int:
+        """How many of the batch's leading events may go out now."""
+
+    def wait(self) -> None:
+        """Events are held: call ``release()`` once they may go, or end the stream."""

@@ -217,7 +217,7 @@ async def test_a_late_sink_gets_everything_then_follows_live() -> None:
     assert first.data == late.data == b"data: 1\n\ndata: [DONE]\n\n"
     assert first.ended and late.ended and late.error is None
     assert source.clean and upstream.closed_complete
-    assert source.recording_bytes()[0] == first.data
+    assert source.recording.as_bytes()[0] == first.data
 
 
 async def test_the_last_sink_leaving_cancels_the_upstream() -> None:

@@ -24,9 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # infrastructure: connections, stores, the mock upstream, the HTTP client
     ("redisconn", "store", "spool", "keys", "ledger", "httpclient", "mock"),
     # the engine and the services around it
-    ("source", "deployments", "upstream", "relay", "guard", "router", "hedging", "resumable",
-     "cache", "ratelimit",
-     "stats", "bus", "load", "preflight", "manage"),
+    ("recording", "gate", "source", "deployments", "upstream", "relay", "guard", "router",
+     "hedging", "resumable", "cache", "ratelimit", "stats", "bus", "load", "preflight", "manage"),
     # the aiohttp application
     ("web",),
     # processes and the command line

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.sse import DONE, SSEParser
+from gateway.sse import DONE, DONE_EVENT, SSEParser
 
 FORMAT = 1
 
@@ -185,7 +185,7 @@ def completion_to_stream(body: bytes) -> bytes:
         events.append({**base, "choices": [final]})
     if answer.get("usage") is not None:
         events.append({**base, "choices": [], "usage": answer["usage"]})
-    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + DONE_EVENT
 
 
 def _chunk_choice(

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 from gateway.background import mark_retrieved
 from gateway.config import Deployment
+from gateway.deployments import OpenedUpstream
 from gateway.errors import UpstreamError
-from gateway.source import EventSource, OpenedUpstream
+from gateway.source import EventSource
 from gateway.stream import BodyConsumer
 
 
@@ -55,7 +56,7 @@ class Flight:
         if not self.opened.done():
             return True
         source = self.opened.result().source
-        return source is not None and source.recorded and not source.done
+        return source is not None and source.recording.on and not source.done
 
     @property
     def clean(self) -> bool:

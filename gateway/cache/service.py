@@ -18,7 +18,8 @@ from gateway.cache.entry import (
 from gateway.cache.flight import Answer, Flight, Flights, RecordedResponse
 from gateway.cache.policy import CacheDecision
 from gateway.config import CacheSettings, Deployment
-from gateway.source import EventSource, OpenedUpstream
+from gateway.deployments import OpenedUpstream
+from gateway.source import EventSource
 
 log = logging.getLogger("gateway.cache")
 
@@ -96,9 +97,9 @@ class ResponseCache:
         opened = flight.opened.result()
         source = opened.source
         if source is not None:
-            if not source.recorded:
+            if not source.recording.on:
                 return
-            body, marks = source.recording_bytes()
+            body, marks = source.recording.as_bytes()
             if not stream_is_complete(body):
                 return
             entry = CacheEntry("stream", body, marks, deployment=opened.deployment.name)

@@ -53,7 +53,7 @@ from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar
 import orjson
 
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamProtocolError
-from gateway.sse import SSEEvent
+from gateway.sse import DONE, SSEEvent
 
 JSONObject = dict[str, Any]
 P = ParamSpec("P")
@@ -168,6 +168,24 @@ class UpstreamDecoder(Protocol):
     def feed(self, event: SSEEvent) -> list[bytes]: ...
 
     def at_eof(self) -> list[bytes]: ...
+
+
+def decode_events(
+    decoder: UpstreamDecoder, events: list[SSEEvent]
+) -> tuple[list[SSEEvent], GatewayError | None]:
+    """A provider's events as canonical chat chunks (its end marker as [DONE]), and its own
+    error event (or garbage in its place) if one came."""
+    out: list[SSEEvent] = []
+    for event in events:
+        try:
+            payloads = decoder.feed(event)
+        except GatewayError as exc:
+            return out, exc
+        out.extend(SSEEvent(payload) for payload in payloads)
+        if decoder.finished:
+            out.append(SSEEvent(DONE))
+            break
+    return out, None
 
 
 class UpstreamType(Protocol):

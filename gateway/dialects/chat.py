@@ -19,9 +19,8 @@ from gateway.dialects.base import (
     UpstreamSettings,
 )
 from gateway.errors import GatewayError, UpstreamProtocolError
-from gateway.sse import DONE, SSEEvent
+from gateway.sse import DONE, DONE_EVENT, SSEEvent
 
-DONE_EVENT = b"data: [DONE]\n\n"
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 

@@ -27,9 +27,9 @@ import orjson
 
 from gateway.mock.answer import ToolCall, answer, answer_words, count_prompt_tokens
 from gateway.mock.behaviour import MockBehaviour, MockDisconnect
+from gateway.sse import DONE_EVENT
 
 BATCH_BYTES = 16 * 1024
-DONE_EVENT = b"data: [DONE]\n\n"
 _ids = itertools.count(1)
 
 
@@ -90,7 +90,7 @@ def _chat_events(body: Mapping[str, Any], behaviour: MockBehaviour) -> Iterator[
         tokens = sum(choice.tokens for choice in choices)
         usage = orjson.dumps(_usage(body, tokens, behaviour))
         yield head + b'[],"usage":' + usage + b"}\n\n", 0
-    yield b"data: [DONE]\n\n", 0
+    yield DONE_EVENT, 0
 
 
 def _tool_events(head: bytes, index: int, call: ToolCall) -> Iterator[tuple[bytes, int]]:
@@ -131,7 +131,7 @@ def _completion_events(
     yield head + b'[{"index":0,"text":"","logprobs":null,"finish_reason":"stop"}]}\n\n', 0
     if _wants_usage(body):
         yield head + b'[],"usage":' + orjson.dumps(_usage(body, len(pieces))) + b"}\n\n", 0
-    yield b"data: [DONE]\n\n", 0
+    yield DONE_EVENT, 0
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:

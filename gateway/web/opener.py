@@ -14,11 +14,12 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.config import Deployment, ModelRoute
-from gateway.deployments import Opened, UpstreamCall
+from gateway.deployments import Opened, OpenedUpstream, UpstreamCall
 from gateway.dialects import UPSTREAM_TYPES
 from gateway.dialects.base import UpstreamSettings
+from gateway.metrics import GapCounts
 from gateway.openai import ParsedRequest
-from gateway.source import EventSource, GapCounts, OpenedUpstream
+from gateway.source import EventSource
 from gateway.stream import UpstreamResponse
 from gateway.web import budgets
 from gateway.web.accounting import model_label

@@ -16,6 +16,7 @@ from gateway.cache.flight import Flight
 from gateway.cache.policy import decide
 from gateway.cache.service import CACHE_DEPLOYMENT, ResponseCache
 from gateway.config import ServerSettings
+from gateway.deployments import OpenedUpstream
 from gateway.dialects import CLIENT_DIALECTS
 from gateway.errors import ModelNotFound, PayloadTooLarge, RateLimited, RequestTimeout
 from gateway.keys import check_model
@@ -27,7 +28,6 @@ from gateway.openai import (
     usage_in_body,
 )
 from gateway.relay import relay_stream
-from gateway.source import OpenedUpstream
 from gateway.store import StoreUnavailable
 from gateway.stream import StreamOutcome
 from gateway.web.limits import admit, over_capacity

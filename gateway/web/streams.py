@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.config import ServerSettings
+from gateway.deployments import OpenedUpstream
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -29,13 +30,11 @@ from gateway.openai import ParsedRequest
 from gateway.redisconn import RedisUnavailable
 from gateway.relay import SSE_HEADERS
 from gateway.resumable import EventLog, RedisLogs, ResumableStream
-from gateway.source import OpenedUpstream
-from gateway.sse import encode_comment, encode_event
+from gateway.sse import KEEPALIVE, encode_event
 from gateway.stream import StreamOutcome
 from gateway.web.limits import client_ip
 from gateway.web.state import API_KEY, CONFIG, RECORD, RESPONSE_HEADERS, RESUMABLE_QUOTA, STREAMS
 
-KEEPALIVE = encode_comment(b"keep-alive")
 TOUCH_SECONDS = 1.0
 RESUMABLE_HEADER = "X-Gateway-Resumable"
 MAX_EVENT_ID = 2**63 - 1  # beyond it a Redis Stream id cannot hold it
