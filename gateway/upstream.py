@@ -21,7 +21,8 @@ from gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from gateway.httpclient import ConnectionPool, Endpoint, Exchange
+from gateway.httpclient import Endpoint, Exchange
+from gateway.httppool import ConnectionPool
 from gateway.mock.inprocess import InProcessProvider
 from gateway.propagation import trace_headers
 from gateway.stream import BodyConsumer, UpstreamResponse

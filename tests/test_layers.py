@@ -22,7 +22,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # settings and sans-IO protocol code
     ("config", "openai", "spend", "trail", "redact", "dialects", "stream"),
     # infrastructure: connections, stores, the mock upstream, the HTTP client
-    ("redisconn", "store", "spool", "keys", "ledger", "httpclient", "mock"),
+    ("redisconn", "store", "spool", "keys", "ledger", "httpclient", "httppool",
+     "mock"),
     # the engine and the services around it
     ("recording", "gate", "source", "deployments", "upstream", "relay", "guard", "router",
      "hedging", "resumable", "cache", "ratelimit", "stats", "bus", "load", "preflight", "manage"),
