@@ -18,12 +18,13 @@ from gateway.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from gateway.cache.service import ResponseCache
 from gateway.config import Config
 from gateway.errors import ConfigError
+from gateway.eventlog import RedisLogs
 from gateway.load import LoadMonitor
 from gateway.prices import PriceTable
 from gateway.ratelimit import RateLimiter
 from gateway.redisconn import RedisConn, connect_redis
 from gateway.relay import LiveStreams
-from gateway.resumable import RedisLogs, ResumableStreams
+from gateway.resumable import ResumableStreams
 from gateway.router import Router
 from gateway.spool import Spool
 from gateway.stats import StatsSidecar, UsageSink

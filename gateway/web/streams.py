@@ -26,10 +26,11 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from gateway.eventlog import EventLog, RedisLogs
 from gateway.openai import ParsedRequest
 from gateway.redisconn import RedisUnavailable
 from gateway.relay import SSE_HEADERS
-from gateway.resumable import EventLog, RedisLogs, ResumableStream
+from gateway.resumable import ResumableStream
 from gateway.sse import KEEPALIVE, encode_event
 from gateway.stream import StreamOutcome
 from gateway.web.limits import client_ip
