@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from gateway.budget import Budget
+import orjson
+
+from gateway.budget import Budget, budgets_from_text, budgets_text
 
 
 class StoreUnavailable(Exception):
@@ -36,6 +38,35 @@ class KeyRecord:
     expires_at: float | None = None
     revoked_at: float | None = None
     budgets: tuple[Budget, ...] = ()  # money and token budgets per day, month or lifetime
+
+
+# The keys table's columns, in the order the SQL stores select and insert them.
+KEY_COLUMNS = (
+    "id, name, key_hash, prefix, created_at, models, rpm, tpm, max_requests, expires_at, "
+    "revoked_at, budgets"
+)
+
+
+def key_row(record: KeyRecord) -> tuple[Any, ...]:
+    """A key record as a row of :data:`KEY_COLUMNS` (models as JSON, budgets as text)."""
+    models = None if record.models is None else orjson.dumps(list(record.models)).decode()
+    return (
+        record.id, record.name, record.key_hash, record.prefix, record.created_at, models,
+        record.rpm, record.tpm, record.max_requests, record.expires_at, record.revoked_at,
+        budgets_text(record.budgets),
+    )  # fmt: skip
+
+
+def key_from_row(row: Sequence[Any]) -> KeyRecord:
+    """The key record of a row of :data:`KEY_COLUMNS`."""
+    (key_id, name, key_hash, prefix, created, models, rpm, tpm, max_requests, expires,
+     revoked, budgets) = tuple(row)  # fmt: skip
+    return KeyRecord(
+        id=key_id, name=name, key_hash=key_hash, prefix=prefix, created_at=created,
+        models=None if models is None else tuple(orjson.loads(models)),
+        rpm=rpm, tpm=tpm, max_requests=max_requests, expires_at=expires, revoked_at=revoked,
+        budgets=budgets_from_text(budgets),
+    )  # fmt: skip
 
 
 def new_event_id() -> str:

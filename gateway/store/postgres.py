@@ -16,10 +16,9 @@ import asyncio
 from typing import Any
 
 import asyncpg
-import orjson
 
-from gateway.budget import budgets_from_text, budgets_text
 from gateway.store.base import (
+    KEY_COLUMNS,
     USAGE_COUNTERS,
     KeyCounters,
     KeyRecord,
@@ -27,6 +26,8 @@ from gateway.store.base import (
     StoreUnavailable,
     UsageRow,
     aggregate,
+    key_from_row,
+    key_row,
 )
 
 DEFAULT_POOL_SIZE = 8
@@ -93,10 +94,6 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
 )
 
-_KEY_COLUMNS = (
-    "id, name, key_hash, prefix, created_at, models, rpm, tpm, max_requests, expires_at, "
-    "revoked_at, budgets"
-)
 _EVENT_COLUMNS = (
     ("event_id", "text"), ("request_id", "text"), ("key_id", "text"), ("model", "text"),
     ("deployment", "text"), ("route", "text"), ("status", "int"), ("termination", "text"),
@@ -196,27 +193,24 @@ class PostgresStore:
     # -- keys -------------------------------------------------------------------------------------
 
     async def create_key(self, record: KeyRecord) -> None:
-        models = None if record.models is None else orjson.dumps(list(record.models)).decode()
         await self._run(
             "execute",
-            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
-            record.id, record.name, record.key_hash, record.prefix, record.created_at, models,
-            record.rpm, record.tpm, record.max_requests, record.expires_at, record.revoked_at,
-            budgets_text(record.budgets),
-        )  # fmt: skip
+            f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+            *key_row(record),
+        )
 
     async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        query = f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_hash = $1"
+        query = f"SELECT {KEY_COLUMNS} FROM keys WHERE key_hash = $1"
         row = await self._run("fetchrow", query, key_hash)
-        return None if row is None else _record(row)
+        return None if row is None else key_from_row(row)
 
     async def key_by_id(self, key_id: str) -> KeyRecord | None:
-        row = await self._run("fetchrow", f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
-        return None if row is None else _record(row)
+        row = await self._run("fetchrow", f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
+        return None if row is None else key_from_row(row)
 
     async def list_keys(self) -> list[KeyRecord]:
-        rows = await self._run("fetch", f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, id")
-        return [_record(row) for row in rows]
+        rows = await self._run("fetch", f"SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id")
+        return [key_from_row(row) for row in rows]
 
     async def revoke_key(self, key_id: str, when: float) -> bool:
         status = await self._run(
@@ -348,22 +342,3 @@ async def _close(pool: asyncpg.Pool, seconds: float) -> None:
             await pool.close()
     except _ERRORS:
         pool.terminate()
-
-
-def _record(row: Any) -> KeyRecord:
-    (key_id, name, key_hash, prefix, created, models, rpm, tpm, max_requests, expires,
-     revoked, budgets) = tuple(row)  # fmt: skip
-    return KeyRecord(
-        id=key_id,
-        name=name,
-        key_hash=key_hash,
-        prefix=prefix,
-        created_at=created,
-        models=None if models is None else tuple(orjson.loads(models)),
-        rpm=rpm,
-        tpm=tpm,
-        max_requests=max_requests,
-        expires_at=expires,
-        revoked_at=revoked,
-        budgets=budgets_from_text(budgets),
-    )

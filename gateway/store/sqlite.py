@@ -17,10 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
-from gateway.budget import budgets_from_text, budgets_text
 from gateway.store.base import (
+    KEY_COLUMNS,
     USAGE_COUNTERS,
     KeyCounters,
     KeyRecord,
@@ -28,6 +26,8 @@ from gateway.store.base import (
     StoreUnavailable,
     UsageRow,
     aggregate,
+    key_from_row,
+    key_row,
 )
 
 READ_THREADS = 4
@@ -90,10 +90,6 @@ EVENT_COLUMNS = (
 _INSERT_EVENT = (
     f"INSERT OR IGNORE INTO usage_events ({', '.join(EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
-)
-_KEY_COLUMNS = (
-    "id, name, key_hash, prefix, created_at, models, rpm, tpm, max_requests, expires_at, "
-    "revoked_at, budgets"
 )
 
 _UPSERT_DAILY = (
@@ -200,15 +196,10 @@ class SQLiteStore:
     # -- keys -------------------------------------------------------------------------------------
 
     async def create_key(self, record: KeyRecord) -> None:
-        models = None if record.models is None else orjson.dumps(list(record.models)).decode()
-        row = (
-            record.id, record.name, record.key_hash, record.prefix, record.created_at, models,
-            record.rpm, record.tpm, record.max_requests, record.expires_at, record.revoked_at,
-            budgets_text(record.budgets),
-        )  # fmt: skip
+        row = key_row(record)
         await self._call(
             lambda db: db.execute(
-                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row
+                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row
             )
         )
 
@@ -221,18 +212,18 @@ class SQLiteStore:
     async def _one(self, where: str, value: str) -> KeyRecord | None:
         rows = await self._read(
             lambda db: db.execute(
-                f"SELECT {_KEY_COLUMNS} FROM keys WHERE {where}", (value,)
+                f"SELECT {KEY_COLUMNS} FROM keys WHERE {where}", (value,)
             ).fetchall()
         )
-        return _record(rows[0]) if rows else None
+        return key_from_row(rows[0]) if rows else None
 
     async def list_keys(self) -> list[KeyRecord]:
         rows = await self._read(
             lambda db: db.execute(
-                f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, id"
+                f"SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id"
             ).fetchall()
         )
-        return [_record(row) for row in rows]
+        return [key_from_row(row) for row in rows]
 
     async def revoke_key(self, key_id: str, when: float) -> bool:
         cursor = await self._call(
@@ -352,22 +343,3 @@ def _row(e: StatsEvent) -> tuple[Any, ...]:
         int(e.cache_hit), e.latency_ms, e.ttfb_ms, e.ts, e.cost_usd, int(e.cost_exact),
         e.hedge_cost_usd,
     )  # fmt: skip
-
-
-def _record(row: Any) -> KeyRecord:
-    (key_id, name, key_hash, prefix, created, models, rpm, tpm, max_requests, expires,
-     revoked, budgets) = row  # fmt: skip
-    return KeyRecord(
-        id=key_id,
-        name=name,
-        key_hash=key_hash,
-        prefix=prefix,
-        created_at=created,
-        models=None if models is None else tuple(orjson.loads(models)),
-        rpm=rpm,
-        tpm=tpm,
-        max_requests=max_requests,
-        expires_at=expires,
-        revoked_at=revoked,
-        budgets=budgets_from_text(budgets),
-    )
