@@ -5,13 +5,14 @@ the input price) and a first lease of output tokens; a budget that cannot cover 
 request with 429 ``budget_exceeded``. At the end it settles: the request's real cost (its usage
 at the table's prices) minus what it drew, given back or charged.
 
-:class:`BudgetGuard` is the sink that keeps a running stream inside its lease. Attached to the
-event source before any other sink, it draws the next lease in the background when the stream has
-used half of the current one, so a healthy stream never waits; if the stream reaches the end of
-its lease while a draw is still on its way, the source is paused until it answers. When no lease
-can be had, the stream ends with one ``budget_exceeded`` error (the upstream is cancelled; every
-sink reports it its own way). Output tokens are counted from the source's content counter (one
-streamed chunk is about one token): no JSON is parsed.
+:class:`BudgetGuard` keeps a running stream inside its leases. Set on each attempt's event
+source before its first event (a guard, through ``gate.py``: it sees every batch before any sink),
+it admits a batch's leading events up to the lease and holds the rest, the upstream paused, until
+the next lease answers. It draws that lease when the stream has used half of the current one, so a
+healthy stream never waits. When no lease can be had, the stream ends with one
+``budget_exceeded`` error (the upstream is cancelled; every sink reports it its own way) and only
+what was delivered counts. Output tokens are content events (one streamed chunk is about one
+token), found by a bytes search: no JSON is parsed.
 """
 
 from __future__ import annotations
