@@ -68,7 +68,7 @@ async def traced_client(
 ) -> Client:
     settings = TelemetrySettings(enabled=True, capture_prompts=capture_prompts)
     app = make_app(
-        load_config(None, {}),
+        load_config(None, {"XDG_STATE_HOME": str(tmp_path)}),  # its spool in the test's directory
         upstreams=upstreams,
         store=SQLiteStore(tmp_path / "store.sqlite3"),
         tracing=Tracing(settings, exporter=exporter),
@@ -149,7 +149,7 @@ async def test_a_failed_attempt_is_an_error_span(
     assert propagation.trace_headers() == {}  # no span outside a request: nothing to send
 
 
-def test_tracing_off_imports_no_opentelemetry() -> None:
+def test_tracing_off_imports_no_opentelemetry(tmp_path: Path) -> None:
     """With telemetry off, building the app imports neither the tracer nor the exporter.
 
     (redis-py 8 imports opentelemetry's API and metrics SDK by itself when they are installed.)
@@ -157,9 +157,11 @@ def test_tracing_off_imports_no_opentelemetry() -> None:
     ours = ("gateway.web.telemetry", "opentelemetry.sdk.trace", "opentelemetry.exporter")
     code = (
         "import sys; from gateway.config import load_config; from gateway.web import make_app; "
-        "make_app(load_config(None, {})); "
+        "make_app(load_config(None, {'XDG_STATE_HOME': sys.argv[1]})); "
         f"print(sorted(m for m in sys.modules if m.startswith({ours!r})))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
