@@ -261,11 +261,12 @@ class EventSource:
                         )
                         continue
             self.events += 1
-            if data.startswith(_ERROR_PREFIX):
+            failed = data.startswith(_ERROR_PREFIX)
+            if failed:
                 data = redact.error_event(data)  # an upstream's own error may echo its key
             parts.append(encode_event(data, event=event.event, id=event.id))
             payloads.append(data)
-            if data.startswith(_ERROR_PREFIX):
+            if failed:
                 # The upstream reported its own failure: it is the stream's last event.
                 self.termination = Termination.UPSTREAM_ERROR
                 self._deliver(parts, payloads, False)

@@ -42,9 +42,3 @@ def hedge_cost(prices: PriceTable, upstream_model: str | None, prompt_tokens: in
     if upstream_model is None or prompt_tokens <= 0:
         return 0.0
     return prices.cost(upstream_model, prompt_tokens, 0) or 0.0
-
-
-def usd_per_output_token(prices: PriceTable, upstream_model: str | None) -> float:
-    """An output token's price (what a budget lease is drawn at); 0 for a model without one."""
-    price = prices.get(upstream_model) if upstream_model else None
-    return 0.0 if price is None else price.output / 1_000_000

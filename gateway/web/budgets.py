@@ -17,18 +17,12 @@ from gateway.budget import Budget
 from gateway.config import Config, ModelRoute
 from gateway.guard import MAX_SETTLING, BudgetGuard, KeySpend
 from gateway.ledger import LocalLedger, RedisLedger, stored_spend
-from gateway.openai import (
-    ParsedRequest,
-    Usage,
-    estimate_answer_tokens,
-    estimate_prompt_tokens,
-    usage_in_body,
-)
+from gateway.openai import ParsedRequest, estimate_prompt_tokens
 from gateway.redisconn import RedisConn
 from gateway.source import EventSource
-from gateway.spend import request_cost
-from gateway.web import access
-from gateway.web.state import API_KEY, CONFIG, LEDGER, PRICES, RECORD, SETTLING, STORE
+from gateway.stats import StatsEvent
+from gateway.web.accounting import RequestRecord
+from gateway.web.state import API_KEY, CONFIG, LEDGER, PRICES, SETTLING, STORE
 
 SETTLE_SECONDS = 5.0  # at shutdown, settlements under way get this long
 
@@ -83,31 +77,11 @@ def guard(spend: KeySpend, source: EventSource, granted: int) -> None:
     source.guard(BudgetGuard(source, spend, granted=granted))
 
 
-def settle_stream(request: web.Request, spend: KeySpend, source: EventSource) -> None:
-    """Settle when the chosen stream ends: the upstream's usage, else what was delivered."""
-    record = request[RECORD]
+def settle_with(record: RequestRecord, spend: KeySpend) -> None:
+    """Settle when the request's stats event is made, with its tokens and cost: the figures the
+    store keeps (a request that failed or delivered nothing gives everything back)."""
 
-    def ended(done: EventSource) -> None:
-        usage = done.usage or Usage(record.prompt_estimate(), done.content_events)
-        settle(request, spend, usage)
+    def settle(event: StatsEvent) -> None:
+        spend.settle_later(event.prompt_tokens + event.completion_tokens, event.cost_usd)
 
-    source.watch(ended)
-
-
-def settle_answer(request: web.Request, spend: KeySpend, status: int, body: bytes) -> None:
-    """Settle a JSON answer: its reported usage, an estimate without one, nothing on an error."""
-    if status >= 400:
-        spend.settle_later(0, 0.0)
-        return
-    usage = usage_in_body(body) or Usage(
-        request[RECORD].prompt_estimate(), estimate_answer_tokens(body)
-    )
-    settle(request, spend, usage)
-
-
-def settle(request: web.Request, spend: KeySpend, usage: Usage) -> None:
-    """Charge ``usage`` at the price of the model that served it (a fallback's, if one did)."""
-    record = request[RECORD]
-    upstream = access.upstream_model(request.app[CONFIG], record.model, record.trail.served_by)
-    cost = request_cost(request.app[PRICES], upstream, usage)
-    spend.settle_later(usage.total_tokens, None if cost is None else cost.usd)
+    record.finishers.append(settle)

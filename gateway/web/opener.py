@@ -23,7 +23,7 @@ from gateway.source import EventSource
 from gateway.stream import UpstreamResponse
 from gateway.web import budgets
 from gateway.web.accounting import model_label
-from gateway.web.state import CONFIG, ROUTER
+from gateway.web.state import CONFIG, RECORD, ROUTER
 
 
 def upstream_call(
@@ -76,26 +76,17 @@ def opener(
         nonlocal lease
         if spend is not None:
             lease = await budgets.admit(spend, parsed)
-        try:
-            opened: Opened = await app[ROUTER].open(
-                route,
-                parsed.endpoint.value,
-                body_for,
-                make_source=make_source if parsed.stream else None,
-                body_limit=server.max_upstream_body_bytes,
-            )
-        except BaseException:
-            if spend is not None:
-                spend.settle_later(0, 0.0)  # nothing reached the client: all of it goes back
-            raise
+            budgets.settle_with(request[RECORD], spend)
+        opened: Opened = await app[ROUTER].open(
+            route,
+            parsed.endpoint.value,
+            body_for,
+            make_source=make_source if parsed.stream else None,
+            body_limit=server.max_upstream_body_bytes,
+        )
         kind = opened.deployment.type
         if not parsed.stream and kind not in ("openai", "azure") and opened.status == 200:
             opened.body = UPSTREAM_TYPES[kind].completion_from_upstream(opened.body)
-        if spend is not None:
-            if opened.source is not None:
-                budgets.settle_stream(request, spend, opened.source)
-            else:
-                budgets.settle_answer(request, spend, opened.status, opened.body)
         return opened
 
     return open_upstream
