@@ -139,7 +139,6 @@ class BudgetGuard:
         self.delivered = 0  # content events let through to the sinks
         self.exhausted: Grant | None = None
         self._drawing: asyncio.Task[Grant] | None = None
-        self._holding = False  # a batch waits for the draw under way
 
     # -- Guard ------------------------------------------------------------------------------------
 
@@ -163,8 +162,7 @@ class BudgetGuard:
         if self.exhausted is not None:
             self._cut()
             return
-        self._holding = True  # released when the draw answers
-        if self._drawing is None:
+        if self._drawing is None:  # the held events are released when it answers
             self._draw()
 
     # -- leases -----------------------------------------------------------------------------------
@@ -195,9 +193,7 @@ class BudgetGuard:
         if grant.tokens <= 0:
             self.exhausted = grant
         self.granted += grant.tokens
-        if self._holding:
-            self._holding = False
-            self.source.release()  # the held events are offered again: admitted, or cut
+        self.source.release()  # what the gate holds (if anything) is offered again
 
     def _cut(self) -> None:
         """End the stream at its budget. The batch that went past it was not delivered: it is
